@@ -1,0 +1,269 @@
+"""The serving bundle: the contract between training (``model_export``) and serving.
+
+Bundle format ``nextword-bundle`` version 1 (the only place it is defined)
+-------------------------------------------------------------------------
+A bundle is a directory holding exactly these files:
+
+``manifest.json``
+    UTF-8 JSON object. Required keys (see :data:`REQUIRED_KEYS`): ``format`` (= ``nextword-bundle``),
+    ``format_version`` (= 1), ``name``, ``created`` (ISO 8601), ``vocab_size`` (V), ``hidden_size``
+    (d, the width of the vectors the tree scores), ``encoder`` (``{"cell": "lstm"|"gru",
+    "layers": L, "state_size": S, "opset": int, "inputs": {...}, "outputs": {...}}`` with the
+    ONNX names and shapes below), ``tree`` (``{"kind": str, "num_internal": int, "max_children":
+    int, "depth": {...}}``), ``special_tokens`` (``{"eos": "<eos>", "unk": "<unk>"}``),
+    ``metrics`` (evaluation results, free-form numbers), ``data`` (``{"name", "licence"}``) and
+    ``files`` (``{file name: sha256 hex}`` for every other file of the bundle).
+``vocab.txt``
+    One token per line, UTF-8, ``\\n``-terminated; line ``i`` (0-based) is word id ``i`` and leaf
+    ``i`` of the tree. Tokens contain no whitespace.
+``encoder.onnx``
+    The recurrent encoder with its weights embedded. Inputs: ``tokens`` int64 ``(batch, time)``
+    and ``state`` float32 ``(L, batch, S)``. Outputs: ``hidden`` float32 ``(batch, time, d)``,
+    the vector the tree scores after each input token, and ``state_out`` float32 ``(L, batch,
+    S)``. Batch and time are dynamic. The state is opaque to serving (an LSTM packs ``h`` and
+    ``c`` side by side in ``S``); all zeros is the start of a text.
+``tree.npz``
+    Uncompressed numpy archive (``allow_pickle=False``) with ``child_ptr`` int64, ``children``
+    int64 (the encoding of :mod:`service.tree`), ``weight`` float32 ``(V - 1, d)`` and ``bias``
+    float32 ``(V - 1,)``.
+
+Bundles are written to a temporary sibling directory and renamed into place, so a reader never
+sees a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.tree import Tree, TreeError
+
+FORMAT_NAME = "nextword-bundle"
+FORMAT_VERSION = 1
+
+MANIFEST_FILE = "manifest.json"
+VOCAB_FILE = "vocab.txt"
+ENCODER_FILE = "encoder.onnx"
+TREE_FILE = "tree.npz"
+PAYLOAD_FILES = (VOCAB_FILE, ENCODER_FILE, TREE_FILE)
+
+INPUT_TOKENS = "tokens"
+INPUT_STATE = "state"
+OUTPUT_HIDDEN = "hidden"
+OUTPUT_STATE = "state_out"
+
+EOS = "<eos>"
+UNK = "<unk>"
+
+REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "name",
+    "created",
+    "vocab_size",
+    "hidden_size",
+    "encoder",
+    "tree",
+    "special_tokens",
+    "metrics",
+    "data",
+    "files",
+)
+
+Manifest = dict[str, Any]
+
+
+class BundleError(Exception):
+    """A bundle is missing, corrupt or of another format. The message is one line."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: everything serving needs, loaded once."""
+
+    path: Path
+    manifest: Manifest
+    vocab: list[str]
+    tree: Tree
+    weight: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32]
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.path / ENCODER_FILE
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def eos_id(self) -> int:
+        return self.vocab.index(self.manifest["special_tokens"]["eos"])
+
+    @property
+    def unk_id(self) -> int:
+        return self.vocab.index(self.manifest["special_tokens"]["unk"])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and check ``manifest.json`` of the bundle at ``path`` (no checksums)."""
+    manifest_path = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise BundleError(f"bundle {path}: no such directory")
+    if not manifest_path.is_file():
+        raise BundleError(f"bundle {path}: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {path}: {MANIFEST_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle {path}: {MANIFEST_FILE} is not a JSON object")
+    if manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"bundle {path}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {path}: format version {manifest.get('format_version')!r} is not supported "
+            f"(this release reads version {FORMAT_VERSION})"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise BundleError(f"bundle {path}: {MANIFEST_FILE} lacks {', '.join(missing)}")
+    return manifest
+
+
+def verify_checksums(path: Path, manifest: Manifest) -> None:
+    files = manifest["files"]
+    for name in PAYLOAD_FILES:
+        file_path = path / name
+        if not file_path.is_file():
+            raise BundleError(f"bundle {path}: {name} is missing")
+        expected = files.get(name) if isinstance(files, dict) else None
+        if expected is None:
+            raise BundleError(f"bundle {path}: {MANIFEST_FILE} has no checksum for {name}")
+        if sha256_file(file_path) != expected:
+            raise BundleError(f"bundle {path}: {name} is corrupt (sha256 does not match the manifest)")
+
+
+def read_vocab(path: Path) -> list[str]:
+    try:
+        text = (path / VOCAB_FILE).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BundleError(f"bundle {path}: {VOCAB_FILE} is not UTF-8") from None
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+
+
+def read_tree(path: Path) -> tuple[Tree, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    try:
+        with np.load(path / TREE_FILE, allow_pickle=False) as arrays:
+            child_ptr, children = arrays["child_ptr"], arrays["children"]
+            weight = np.ascontiguousarray(arrays["weight"], dtype=np.float32)
+            bias = np.ascontiguousarray(arrays["bias"], dtype=np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"bundle {path}: {TREE_FILE} is unreadable ({exc})") from None
+    try:
+        tree = Tree(weight.shape[0] + 1, child_ptr, children)
+        tree.check_parameters(weight, bias)
+    except TreeError as exc:
+        raise BundleError(f"bundle {path}: {TREE_FILE}: {exc}") from None
+    return tree, weight, bias
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Load and verify a bundle: format, version, checksums, and vocabulary/tree agreement."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    verify_checksums(root, manifest)
+    vocab = read_vocab(root)
+    tree, weight, bias = read_tree(root)
+    if len(vocab) != manifest["vocab_size"] or tree.num_leaves != len(vocab):
+        raise BundleError(
+            f"bundle {root}: vocab.txt has {len(vocab)} tokens, tree has {tree.num_leaves} leaves, "
+            f"manifest says {manifest['vocab_size']}"
+        )
+    if weight.shape[1] != manifest["hidden_size"]:
+        raise BundleError(
+            f"bundle {root}: tree vectors have {weight.shape[1]} dims, manifest says "
+            f"{manifest['hidden_size']}"
+        )
+    for token in manifest["special_tokens"].values():
+        if token not in vocab:
+            raise BundleError(f"bundle {root}: special token {token!r} is not in vocab.txt")
+    return Bundle(path=root, manifest=manifest, vocab=vocab, tree=tree, weight=weight, bias=bias)
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def write_bundle(
+    out: str | os.PathLike[str],
+    *,
+    manifest: Mapping[str, Any],
+    vocab: Sequence[str],
+    tree: Tree,
+    weight: npt.NDArray[np.floating],
+    bias: npt.NDArray[np.floating],
+    encoder_onnx: Path,
+    force: bool = False,
+    verify: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a bundle atomically; ``verify(staged_path)`` may raise to abandon it.
+
+    ``manifest`` supplies every key but ``format``, ``format_version`` and ``files``, which
+    are filled in here.
+    """
+    target = Path(out)
+    if target.exists() and not force:
+        raise BundleError(f"{target} already exists (pass --force to replace it)")
+    bad = [token for token in vocab if not token or any(ch.isspace() for ch in token)]
+    if bad:
+        raise BundleError(f"vocabulary tokens may not be empty or contain whitespace: {bad[:3]!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (staged / VOCAB_FILE).write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
+        shutil.copyfile(encoder_onnx, staged / ENCODER_FILE)
+        np.savez(
+            staged / TREE_FILE,
+            child_ptr=tree.child_ptr,
+            children=tree.children,
+            weight=np.asarray(weight, dtype=np.float32),
+            bias=np.asarray(bias, dtype=np.float32),
+        )
+        full = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            **manifest,
+            "files": {name: sha256_file(staged / name) for name in PAYLOAD_FILES},
+        }
+        (staged / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+        load_bundle(staged)
+        if verify is not None:
+            verify(staged)
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return target
