@@ -5,7 +5,7 @@ Bundle format ``nextword-bundle`` version 1 (the only place it is defined)
 A bundle is a directory holding exactly these files:
 
 ``manifest.json``
-    UTF-8 JSON object. Required keys (see :data:`REQUIRED_KEYS`): ``format`` (= ``nextword-bundle``),
+    UTF-8 JSON object. Required keys (:data:`REQUIRED_KEYS`): ``format`` (= ``nextword-bundle``),
     ``format_version`` (= 1), ``name``, ``created`` (ISO 8601), ``vocab_size`` (V), ``hidden_size``
     (d, the width of the vectors the tree scores), ``encoder`` (``{"cell": "lstm"|"gru",
     "layers": L, "state_size": S, "opset": int, "inputs": {...}, "outputs": {...}}`` with the
@@ -140,7 +140,9 @@ def read_manifest(path: Path) -> Manifest:
     if not isinstance(manifest, dict):
         raise BundleError(f"bundle {path}: {MANIFEST_FILE} is not a JSON object")
     if manifest.get("format") != FORMAT_NAME:
-        raise BundleError(f"bundle {path}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise BundleError(
+            f"bundle {path}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"bundle {path}: format version {manifest.get('format_version')!r} is not supported "
@@ -162,7 +164,9 @@ def verify_checksums(path: Path, manifest: Manifest) -> None:
         if expected is None:
             raise BundleError(f"bundle {path}: {MANIFEST_FILE} has no checksum for {name}")
         if sha256_file(file_path) != expected:
-            raise BundleError(f"bundle {path}: {name} is corrupt (sha256 does not match the manifest)")
+            raise BundleError(
+                f"bundle {path}: {name} is corrupt (sha256 does not match the manifest)"
+            )
 
 
 def read_vocab(path: Path) -> list[str]:

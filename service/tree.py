@@ -142,15 +142,17 @@ class Tree:
         if (seen[: self.root] != 1).any():
             bad = int(np.argmax(seen[: self.root] != 1))
             kind = "word" if bad < self.num_leaves else "internal node"
-            raise TreeError(f"{kind} {bad} is a child {int(seen[bad])} times (must be exactly once)")
+            raise TreeError(
+                f"{kind} {bad} is a child {int(seen[bad])} times (must be exactly once)"
+            )
         if (self.children >= self.edge_node + self.num_leaves).any():
             raise TreeError("every child must have a smaller id than its parent")
 
     def _leaf_paths(self) -> tuple[IntArray, IntArray]:
         depth = np.zeros(self.num_nodes, dtype=np.int64)
         # Parents have larger ids, so one descending sweep sets every depth.
-        for node in range(self.root - 1, -1, -1):
-            depth[node] = depth[self.parent[node]] + 1
+        for node_id in range(self.root - 1, -1, -1):
+            depth[node_id] = depth[self.parent[node_id]] + 1
         leaf_depth = depth[: self.num_leaves]
         paths = np.full((self.num_leaves, int(leaf_depth.max())), -1, dtype=np.int64)
         node = np.arange(self.num_leaves)
@@ -176,7 +178,9 @@ class Tree:
             weighted_mean=weighted,
         )
 
-    def check_parameters(self, weight: npt.NDArray[np.floating], bias: npt.NDArray[np.floating]) -> None:
+    def check_parameters(
+        self, weight: npt.NDArray[np.floating], bias: npt.NDArray[np.floating]
+    ) -> None:
         """Raise :class:`TreeError` unless ``weight`` / ``bias`` fit this tree."""
         if weight.ndim != 2 or weight.shape[0] != self.num_rows:
             raise TreeError(f"weight must have shape ({self.num_rows}, d), got {weight.shape}")
@@ -214,9 +218,15 @@ class Tree:
         return result
 
     def check_normalised(
-        self, weight: FloatArray, bias: FloatArray, *, samples: int = 4, seed: int = 0, tol: float = 1e-6
+        self,
+        weight: FloatArray,
+        bias: FloatArray,
+        *,
+        samples: int = 4,
+        seed: int = 0,
+        tol: float = 1e-6,
     ) -> float:
-        """Check that leaf probabilities sum to 1 for random hidden vectors; return the worst error."""
+        """Check that leaf probabilities sum to 1 for random hidden vectors; return the worst."""
         rng = np.random.default_rng(seed)
         hidden = rng.standard_normal((samples, weight.shape[1]))
         total = np.exp(self.leaf_log_probs(weight, bias, hidden)).sum(axis=1)

@@ -1,0 +1,1 @@
+"""Training side of nextword: corpus, trees, model, training, evaluation and bundle export."""

@@ -1,0 +1,215 @@
+"""The word-level corpus: where it lives, how to fetch it, and how it becomes token ids.
+
+Layout: a directory with ``train.txt``, ``valid.txt`` and ``test.txt`` (WikiText-2 as renamed
+by pytorch/examples). Every line, blank lines included, becomes its whitespace-split tokens
+followed by one ``<eos>``; that is the convention of the published WikiText-2 figures (train
+2,088,628 tokens, vocabulary 33,278 with ``<eos>``). The vocabulary and its counts come from
+train only; words of valid/test outside it become ``<unk>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from service.bundle import EOS, UNK
+
+DATA_ENV = "NEXTWORD_DATA"
+SPLITS = ("train", "valid", "test")
+
+WIKITEXT2_URL = "https://wikitext.smerity.com/wikitext-2-v1.zip"
+"""The official wikitext-2-v1 archive (its first home, a Salesforce S3 bucket, is gone)."""
+WIKITEXT2_MEMBERS = {
+    "train": "wikitext-2/wiki.train.tokens",
+    "valid": "wikitext-2/wiki.valid.tokens",
+    "test": "wikitext-2/wiki.test.tokens",
+}
+DOWNLOAD_HINT = "python -m model_export download --to DIR"
+
+IdArray = npt.NDArray[np.int64]
+
+
+class DataError(Exception):
+    """The corpus is missing, unreadable or unusable. The message is one line."""
+
+
+@dataclass
+class Corpus:
+    """A corpus as token ids. ``vocab[i]`` is word id ``i``; ids are ordered by train count."""
+
+    vocab: list[str]
+    counts: IdArray
+    """Train count of every word id, ``(V,)`` int64 (``<eos>`` counts once per line)."""
+    train: IdArray
+    valid: IdArray
+    test: IdArray
+    index: dict[str, int]
+
+    @property
+    def eos_id(self) -> int:
+        return self.index[EOS]
+
+    @property
+    def unk_id(self) -> int:
+        return self.index[UNK]
+
+    def split(self, name: str) -> IdArray:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r} (choose from {', '.join(SPLITS)})")
+        ids: IdArray = getattr(self, name)
+        return ids
+
+
+# -- locating and fetching -----------------------------------------------------------------------
+
+
+def resolve_data_dir(flag: str | None) -> Path:
+    """The data directory: the ``--data`` flag, else ``$NEXTWORD_DATA``, else a DataError."""
+    chosen = flag or os.environ.get(DATA_ENV)
+    if not chosen:
+        raise DataError(
+            f"no data directory: pass --data DIR or set {DATA_ENV} to a WikiText-2 directory "
+            f"(train.txt, valid.txt, test.txt); `{DOWNLOAD_HINT}` fetches it when online"
+        )
+    return Path(chosen).expanduser()
+
+
+def download_wikitext2(dest: Path, *, url: str = WIKITEXT2_URL, timeout: float = 60.0) -> Path:
+    """Fetch the official wikitext-2-v1 archive and unpack it as ``dest/{train,valid,test}.txt``.
+
+    The files are written to a temporary sibling directory and renamed into place, so ``dest``
+    is either complete or absent.
+    """
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise DataError(f"{dest} already exists and is not empty; choose another --to directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        archive = staged / "wikitext-2-v1.zip"
+        _fetch(url, archive, timeout)
+        _unpack(archive, staged, url)
+        archive.unlink()
+        if dest.exists():
+            dest.rmdir()
+        staged.rename(dest)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return dest
+
+
+def _fetch(url: str, target: Path, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, target.open("wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DataError(
+            f"could not download {url} ({reason}); are you offline? Fetch the archive by hand and "
+            "unzip wiki.{train,valid,test}.tokens as train.txt, valid.txt, test.txt"
+        ) from None
+
+
+def _unpack(archive: Path, into: Path, url: str) -> None:
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            for split, member in WIKITEXT2_MEMBERS.items():
+                with bundle.open(member) as source, (into / f"{split}.txt").open("wb") as out:
+                    shutil.copyfileobj(source, out, length=1 << 20)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise DataError(f"{url} is not the wikitext-2-v1 archive ({exc})") from None
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def load_corpus(data_dir: Path, *, max_tokens: int | None = None) -> Corpus:
+    """Read ``train/valid/test.txt`` from ``data_dir`` into token ids.
+
+    ``max_tokens`` (for tests and smoke runs) keeps only the first lines of each split, up to
+    that many tokens including ``<eos>``; the vocabulary then comes from that slice of train.
+    """
+    if max_tokens is not None and max_tokens < 1:
+        raise DataError(f"max_tokens must be positive, got {max_tokens}")
+    lines = {split: _read_lines(_split_path(Path(data_dir), split), max_tokens) for split in SPLITS}
+    vocab, counts = _build_vocab(lines["train"], data_dir)
+    index = {word: i for i, word in enumerate(vocab)}
+    ids = {split: _to_ids(lines[split], index, max_tokens) for split in SPLITS}
+    return Corpus(
+        vocab=vocab,
+        counts=counts,
+        train=ids["train"],
+        valid=ids["valid"],
+        test=ids["test"],
+        index=index,
+    )
+
+
+def _split_path(data_dir: Path, split: str) -> Path:
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist ({DOWNLOAD_HINT} fetches it)")
+    path = data_dir / f"{split}.txt"
+    if not path.is_file():
+        present = sorted(p.name for p in data_dir.iterdir())
+        what = "is empty" if not present else f"has no {split}.txt"
+        raise DataError(f"data directory {data_dir} {what} (need train.txt, valid.txt, test.txt)")
+    return path
+
+
+def _read_lines(path: Path, max_tokens: int | None) -> list[list[str]]:
+    """Whitespace-split lines, cut at ``max_tokens`` (each line also costs one ``<eos>``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror})") from None
+    # Split on "\n" only: str.splitlines would also break at U+2028, U+0085 and friends.
+    raw = text.split("\n")
+    if raw and raw[-1] == "":
+        raw.pop()
+    lines: list[list[str]] = []
+    total = 0
+    for line in raw:
+        if max_tokens is not None and total >= max_tokens:
+            break
+        words = line.split()
+        lines.append(words)
+        total += len(words) + 1
+    return lines
+
+
+def _build_vocab(lines: list[list[str]], data_dir: Path) -> tuple[list[str], IdArray]:
+    counter: Counter[str] = Counter()
+    for words in lines:
+        counter.update(words)
+    if not lines:
+        raise DataError(f"{Path(data_dir) / 'train.txt'} is empty")
+    types = len(counter) - (UNK in counter) - (EOS in counter)
+    if types < 2:
+        train = Path(data_dir) / "train.txt"
+        raise DataError(f"{train} has {types} word type(s); a language model needs at least 2")
+    counter[EOS] += len(lines)
+    counter[UNK] += 0  # present even when train has no unknown words
+    # Counter keeps first-insertion order and sorted() is stable: ties stay in order of appearance.
+    vocab = sorted(counter, key=lambda word: -counter[word])
+    counts = np.array([counter[word] for word in vocab], dtype=np.int64)
+    return vocab, counts
+
+
+def _to_ids(lines: list[list[str]], index: dict[str, int], max_tokens: int | None) -> IdArray:
+    unk = index[UNK]
+    ids = [index.get(word, unk) for words in lines for word in (*words, EOS)]
+    out = np.array(ids, dtype=np.int64)
+    return out[:max_tokens] if max_tokens is not None else out
