@@ -129,16 +129,25 @@ def tokenize(text: str) -> list[str]:
     """Typed text -> WikiText-2 tokens (never maps to ``<unk>``: that needs the vocabulary)."""
     patterns = _patterns()
     spaced = normalise(text).replace(UNK, _PLACEHOLDER)
-    spaced = patterns.symbol.sub(lambda m: f" {m.group()} ", spaced)
-    spaced = _DIGIT_COMMA.sub(" @,@ ", spaced)
-    spaced = _DIGIT_POINT.sub(" @.@ ", spaced)
-    spaced = patterns.hyphen.sub(" @-@ ", spaced)
-    spaced = _COMMA.sub(" , ", spaced)
-    spaced = _DOTS.sub(lambda m: f" {m.group()} ", spaced)
-    spaced = _APOSTROPHE.sub(_split_apostrophe, spaced)
+    if not spaced.isalnum():  # letters and digits alone have nothing to split
+        spaced = patterns.symbol.sub(lambda m: f" {m.group()} ", spaced)
+    # Each pass runs only when its character occurs: this sits on every keystroke's path.
+    if "," in spaced:
+        spaced = _COMMA.sub(" , ", _DIGIT_COMMA.sub(" @,@ ", spaced))
+    if "." in spaced:
+        spaced = _DIGIT_POINT.sub(" @.@ ", spaced)
+    if "-" in spaced:
+        spaced = patterns.hyphen.sub(" @-@ ", spaced)
+    if ".." in spaced:
+        spaced = _DOTS.sub(lambda m: f" {m.group()} ", spaced)
+    if "'" in spaced:
+        spaced = _APOSTROPHE.sub(_split_apostrophe, spaced)
     words = spaced.split()
     tokens: list[str] = []
     for i, word in enumerate(words):
+        if not word.endswith(".") and _PLACEHOLDER not in word:
+            tokens.append(word)
+            continue
         following = words[i + 1] if i + 1 < len(words) else ""
         for token in _split_period(word, following):
             tokens.extend(_UNK_SPLIT.split(token) if _PLACEHOLDER in token else [token])
