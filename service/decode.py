@@ -1,0 +1,402 @@
+"""Decoding the hierarchical softmax: exact best-first top-k, prefix completion, phrase beams.
+
+A word's probability is the product of branch probabilities on its root-to-leaf path, so a
+node's path probability bounds every word below it. Best-first search over path
+log-probability (a max-heap frontier) therefore pops leaves in exact descending order: the
+first ``k`` leaves popped are the exact top ``k``, after expanding a handful of nodes instead
+of scoring all ``V`` words (fastText's ``predict`` does a depth-first variant of this; we pop
+the more probable branch first and work in log space with a stable log-sigmoid).
+
+Constraints are pushed into the search rather than applied afterwards, so it stays exact:
+``min_prob`` prunes nodes whose path probability is already too small, banned words are never
+pushed, and a typed prefix marks the matching leaves and their ancestors so that subtrees
+without a matching word are never entered. Everything O(V) (the sorted vocabulary for prefix
+ranges) is built once in :class:`DecodeTree`; a request costs O(expansions) plus, for a prefix,
+O(matching words' ancestors) capped by :data:`MARK_LIMIT`.
+
+A latency budget is honoured by running the compiled search in chunks of
+:data:`CHUNK_EXPANSIONS` expansions and reading the clock between chunks; a search that ends
+within its first chunk (the common case) never reads the clock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from service import decode_kernels as kernels
+from service.bundle import Bundle
+from service.tree import Tree
+
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+F64Array = npt.NDArray[np.float64]
+F32Array = npt.NDArray[np.float32]
+
+Step = Callable[[IntArray, F32Array], tuple[F32Array, F32Array]]
+"""Encoder step of :func:`beam_search`: ``(ids (B,), state) -> (hidden (B, d), state)``."""
+
+CHUNK_EXPANSIONS = 1024
+"""Expansions between two clock readings when a deadline is set (~50-100 µs of work)."""
+
+MARK_LIMIT = 8192
+"""Prefixes matching more words than this are filtered at the leaves instead of marked."""
+
+_UNLIMITED = 1 << 62
+_HEAP_START = 4096
+_NO_STAMPS = np.zeros(0, dtype=np.int32)
+_NO_RANKS = np.zeros(0, dtype=np.int64)
+_NO_BANS = np.zeros(0, dtype=bool)
+
+
+class TopK(NamedTuple):
+    """The result of :func:`top_k` (a named tuple: cheap to build on the hot path)."""
+
+    ids: IntArray
+    """Word ids, most probable first; at most ``k``."""
+    logprobs: F64Array
+    """Natural-log ``P(word | h)`` of each id."""
+    expansions: int
+    """Internal nodes expanded."""
+    exact: bool
+    """False when the deadline or the expansion cap stopped the search early."""
+    unexplored_mass: float
+    """Upper bound on the total probability of qualifying words never examined."""
+
+
+@dataclass(frozen=True)
+class Phrase:
+    ids: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True)
+class BeamResult:
+    """The result of :func:`beam_search`."""
+
+    phrases: list[Phrase]
+    """Best first, at most ``k``."""
+    expansions: int
+    exact: bool
+    """Every inner top-k was exact (the beam itself is a heuristic unless it is wide enough)."""
+    unexplored_mass: float
+    """Sum over inner searches of ``P(beam) * unexplored_mass``."""
+    encoder_calls: int
+
+
+class _PrefixIndex:
+    """The vocabulary sorted by a key, so the words starting with a prefix are one range."""
+
+    def __init__(self, keys: list[str]) -> None:
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        self.keys = [keys[i] for i in order]
+        self.order: IntArray = np.asarray(order, dtype=np.int64)  # sorted position -> word id
+        self.rank: IntArray = np.empty(len(keys), dtype=np.int64)  # word id -> sorted position
+        self.rank[self.order] = np.arange(len(keys), dtype=np.int64)
+
+    def range(self, prefix: str) -> tuple[int, int]:
+        """``[lo, hi)`` of the sorted positions of the words starting with ``prefix``."""
+
+        # Truncating sorted keys to len(prefix) characters keeps them sorted.
+        def head(key: str) -> str:
+            return key[: len(prefix)]
+
+        return bisect_left(self.keys, prefix, key=head), bisect_right(self.keys, prefix, key=head)
+
+
+class _Scratch:
+    """One thread's reusable buffers: a request allocates only its result arrays."""
+
+    def __init__(self, num_nodes: int, max_children: int) -> None:
+        self.num_nodes = num_nodes
+        self.heap_lp: F64Array = np.empty(_HEAP_START + max_children, dtype=np.float64)
+        self.heap_node: IntArray = np.empty(_HEAP_START + max_children, dtype=np.int64)
+        self.buf: F64Array = np.empty(max_children, dtype=np.float64)
+        self.stamps: npt.NDArray[np.int32] | None = None
+        self.stamp = 0
+
+    def grow_heap(self) -> None:
+        """Double the heap arrays, keeping their contents (a search resumes on them)."""
+        self.heap_lp = np.concatenate([self.heap_lp, np.empty_like(self.heap_lp)])
+        self.heap_node = np.concatenate([self.heap_node, np.empty_like(self.heap_node)])
+
+    def next_stamp(self) -> tuple[npt.NDArray[np.int32], int]:
+        """The node-stamp array and a fresh stamp: no O(N) clearing per request."""
+        if self.stamps is None or self.stamp >= np.iinfo(np.int32).max:
+            self.stamps = np.zeros(self.num_nodes, dtype=np.int32)
+            self.stamp = 0
+        self.stamp += 1
+        return self.stamps, self.stamp
+
+
+class DecodeTree:
+    """A tree with its parameters and the indexes decoding needs, built once per bundle.
+
+    Safe to share between threads: per-request scratch space is thread-local.
+    """
+
+    def __init__(
+        self,
+        tree: Tree,
+        weight: npt.NDArray[np.floating],
+        bias: npt.NDArray[np.floating],
+        vocab: Sequence[str] | None = None,
+    ) -> None:
+        tree.check_parameters(weight, bias)
+        if vocab is not None and len(vocab) != tree.num_leaves:
+            raise ValueError(f"vocab has {len(vocab)} words, the tree has {tree.num_leaves} leaves")
+        self.tree = tree
+        self.weight: F32Array = np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias: F32Array = np.ascontiguousarray(bias, dtype=np.float32)
+        self.vocab = None if vocab is None else list(vocab)
+        self._exact = None if vocab is None else _PrefixIndex(self.vocab or [])
+        self._folded = None if vocab is None else _PrefixIndex([w.casefold() for w in vocab])
+        self.max_children = tree.max_children
+        self.arrays = (tree.child_ptr, tree.children, self.weight, self.bias)
+        """The model as the kernels take it."""
+        self._local = threading.local()
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> DecodeTree:
+        return cls(bundle.tree, bundle.weight, bundle.bias, bundle.vocab)
+
+    @property
+    def num_words(self) -> int:
+        return self.tree.num_leaves
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.weight.shape[1])
+
+    def ban_mask(self, ids: Iterable[int]) -> BoolArray:
+        """A ``(V,)`` mask with ``True`` at ``ids``: words never suggested. Build it once."""
+        mask = np.zeros(self.num_words, dtype=bool)
+        mask[np.fromiter(ids, dtype=np.int64)] = True
+        return mask
+
+    def count_prefix(self, prefix: str, *, case_insensitive: bool = True) -> int:
+        index, key = self._prefix_index(prefix, case_insensitive)
+        lo, hi = index.range(key)
+        return hi - lo
+
+    def _prefix_index(self, prefix: str, case_insensitive: bool) -> tuple[_PrefixIndex, str]:
+        if self._exact is None or self._folded is None:
+            raise ValueError("prefix completion needs a DecodeTree built with its vocabulary")
+        if case_insensitive:
+            return self._folded, prefix.casefold()
+        return self._exact, prefix
+
+    def _scratch(self) -> _Scratch:
+        scratch: _Scratch | None = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = _Scratch(self.tree.num_nodes, self.max_children)
+        return scratch
+
+
+FilterArgs = tuple[IntArray, int, int, BoolArray, npt.NDArray[np.int32], int, float]
+"""A request's constraints as the kernels take them (empty arrays mean "off"):
+``(leaf_rank, lo, hi, banned, node_stamp, stamp, min_logprob)``."""
+
+
+def _make_filter(
+    dt: DecodeTree,
+    min_prob: float,
+    prefix: str | None,
+    case_insensitive: bool,
+    banned: BoolArray | None,
+) -> FilterArgs:
+    if banned is None:
+        bans = _NO_BANS
+    elif banned.shape == (dt.num_words,):
+        bans = np.ascontiguousarray(banned, dtype=bool)
+    else:
+        raise ValueError(f"banned must be a ({dt.num_words},) bool mask, got shape {banned.shape}")
+    min_lp = math.log(min_prob) if min_prob > 0.0 else -math.inf
+    if not prefix:
+        return _NO_RANKS, 0, dt.num_words, bans, _NO_STAMPS, 0, min_lp
+    index, key = dt._prefix_index(prefix, case_insensitive)
+    lo, hi = index.range(key)
+    if hi - lo > MARK_LIMIT:  # marking would cost more than filtering popped leaves
+        return index.rank, lo, hi, bans, _NO_STAMPS, 0, min_lp
+    stamps, stamp = dt._scratch().next_stamp()
+    kernels.mark_ancestors(index.order, lo, hi, dt.tree.parent, bans, stamps, stamp)
+    return index.rank, lo, hi, bans, stamps, stamp, min_lp
+
+
+def _as_hidden(dt: DecodeTree, hidden: npt.NDArray[np.floating]) -> F32Array:
+    h = np.ascontiguousarray(hidden, dtype=np.float32)
+    if h.shape != (dt.hidden_size,):
+        raise ValueError(f"hidden must have shape ({dt.hidden_size},), got {h.shape}")
+    return h
+
+
+# -- exact top-k -------------------------------------------------------------------------------
+
+
+def top_k(
+    dt: DecodeTree,
+    hidden: npt.NDArray[np.floating],
+    k: int,
+    *,
+    min_prob: float = 0.0,
+    prefix: str | None = None,
+    case_insensitive: bool = True,
+    banned: BoolArray | None = None,
+    max_expansions: int | None = None,
+    deadline: float | None = None,
+) -> TopK:
+    """The ``k`` most probable qualifying words after ``hidden`` (exact unless stopped early).
+
+    Qualifying words have ``P >= min_prob``, start with ``prefix`` (``str.casefold`` comparison
+    when ``case_insensitive``) and are not ``banned``. ``deadline`` is a ``time.perf_counter()``
+    value, read every :data:`CHUNK_EXPANSIONS` expansions; ``max_expansions`` caps the work.
+    When either stops the search, the exact leading words found so far are completed with
+    greedy descents from the best unexplored nodes and the result has ``exact=False``.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    h = _as_hidden(dt, hidden)
+    fixed = (
+        *dt.arrays,
+        h,
+        dt.num_words,
+        *_make_filter(dt, min_prob, prefix, case_insensitive, banned),
+    )
+    cap = _UNLIMITED if max_expansions is None else max(int(max_expansions), 0)
+    stop = cap if deadline is None else min(cap, CHUNK_EXPANSIONS)
+    scratch = dt._scratch()
+    out_ids = np.empty(k, dtype=np.int64)  # fresh: the result keeps views of these
+    out_lp = np.empty(k, dtype=np.float64)
+    size, n_out, expansions, mass = kernels.start_search(
+        *fixed, scratch.heap_lp, scratch.heap_node, out_ids, out_lp, k, stop, scratch.buf
+    )
+    exact = True
+    while n_out < k and size > 0:  # only when the first call stopped before the search ended
+        if expansions < stop:  # the heap arrays filled up
+            scratch.grow_heap()
+        elif expansions >= cap or (deadline is not None and time.perf_counter() >= deadline):
+            n_out, expansions = kernels.greedy_fill(
+                *fixed, scratch.heap_lp, scratch.heap_node, size,
+                out_ids, out_lp, n_out, k, expansions, scratch.buf,
+            )  # fmt: skip
+            exact = False
+            break
+        else:
+            stop = min(cap, stop + CHUNK_EXPANSIONS)
+        size, n_out, expansions, mass = kernels.best_first(
+            *fixed, scratch.heap_lp, scratch.heap_node, size,
+            out_ids, out_lp, n_out, k, expansions, stop, scratch.buf,
+        )  # fmt: skip
+    return TopK(out_ids[:n_out], out_lp[:n_out], expansions, exact, mass)
+
+
+# -- phrases -----------------------------------------------------------------------------------
+
+
+def beam_search(
+    dt: DecodeTree,
+    step: Step,
+    hidden: npt.NDArray[np.floating],
+    state: F32Array,
+    *,
+    max_words: int,
+    beam_width: int,
+    k: int,
+    min_prob: float = 0.0,
+    prefix: str | None = None,
+    case_insensitive: bool = True,
+    banned: BoolArray | None = None,
+    max_expansions: int | None = None,
+    deadline: float | None = None,
+    state_axis: int = 1,
+) -> BeamResult:
+    """The ``k`` best phrases of ``max_words`` words by word-level beam search.
+
+    ``hidden`` / ``state`` are the encoder's output after the context (``state`` holds one
+    sequence along ``state_axis``). Each word position runs one exact top-k per beam and then
+    ONE batched ``step`` for all surviving beams. ``prefix`` constrains the first word,
+    ``banned`` every word, ``min_prob`` the whole phrase; ``max_expansions`` and ``deadline``
+    apply to each inner top-k. ``beam_width=1`` is greedy decoding.
+    """
+    if max_words < 1 or beam_width < 1 or k < 0:
+        raise ValueError("max_words and beam_width must be >= 1 and k >= 0")
+    beams = [Phrase((), 0.0)]
+    hiddens = np.asarray(hidden, dtype=np.float32)[None, :]  # (B, d)
+    expansions, exact, unexplored, calls = 0, True, 0.0, 0
+    for position in range(max_words):
+        last = position == max_words - 1
+        width = max(k, beam_width) if last else beam_width
+        scored: list[tuple[float, int, int]] = []  # (phrase logprob, beam, word)
+        for b, beam in enumerate(beams):
+            # The phrase needs P(word) >= min_prob / P(beam); in log space to avoid overflow.
+            floor = math.log(min_prob) - beam.logprob if min_prob > 0 else -math.inf
+            if floor > 0.0:
+                continue  # no continuation can reach min_prob
+            found = top_k(
+                dt, hiddens[b], width, min_prob=math.exp(floor),
+                prefix=prefix if position == 0 else None, case_insensitive=case_insensitive,
+                banned=banned, max_expansions=max_expansions, deadline=deadline,
+            )  # fmt: skip
+            expansions += found.expansions
+            exact = exact and found.exact
+            unexplored += math.exp(beam.logprob) * found.unexplored_mass
+            pairs = zip(found.ids.tolist(), found.logprobs.tolist(), strict=True)
+            scored += [(beam.logprob + lp, b, w) for w, lp in pairs]
+        scored.sort(key=lambda item: -item[0])  # stable: ties keep beam order
+        chosen = scored[: k if last else beam_width]
+        if not chosen:
+            return BeamResult(beams[:k] if position else [], expansions, exact, unexplored, calls)
+        beams = [Phrase((*beams[b].ids, w), lp) for lp, b, w in chosen]
+        if last:
+            break
+        parents = np.fromiter((b for _, b, _ in chosen), dtype=np.int64, count=len(chosen))
+        words = np.fromiter((w for _, _, w in chosen), dtype=np.int64, count=len(chosen))
+        hiddens, state = step(words, np.take(state, parents, axis=state_axis))
+        calls += 1
+    return BeamResult(beams, expansions, exact, unexplored, calls)
+
+
+# -- scoring and the reference -----------------------------------------------------------------
+
+
+def word_log_probs(
+    dt: DecodeTree, hidden: npt.NDArray[np.floating], ids: npt.ArrayLike
+) -> F64Array:
+    """``log P(word | h)`` of the given word ids, ``(n,)``: O(n * depth) dot products."""
+    h = _as_hidden(dt, hidden)
+    words = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if words.size and (words.min() < 0 or words.max() >= dt.num_words):
+        raise ValueError(f"word ids must lie in [0, {dt.num_words})")
+    out = np.empty(words.shape[0], dtype=np.float64)
+    tree = dt.tree
+    kernels.path_log_probs(
+        tree.child_ptr, tree.parent, tree.node_edge, dt.weight, dt.bias, h,
+        tree.num_leaves, words, np.empty(dt.max_children, dtype=np.float64), out,
+    )  # fmt: skip
+    return out
+
+
+def brute_force_log_probs(dt: DecodeTree, hidden: npt.NDArray[np.floating]) -> F64Array:
+    """Every word's ``log P(word | h)``: ``(V,)`` for ``(d,)``, ``(B, V)`` for ``(B, d)``."""
+    h = np.asarray(hidden, dtype=np.float64)
+    scores = dt.tree.leaf_log_probs(dt.weight, dt.bias, h)
+    return scores[0] if h.ndim == 1 else scores
+
+
+def warm_up(dt: DecodeTree) -> None:
+    """Compile (or load from numba's cache) every kernel variant before serving traffic."""
+    h = np.zeros(dt.hidden_size, dtype=np.float32)
+    banned = dt.ban_mask([0])
+    top_k(dt, h, 3, banned=banned, min_prob=1e-9)
+    top_k(dt, h, 3, max_expansions=1)  # the early-stop path: greedy_fill
+    if dt.vocab is not None:
+        top_k(dt, h, 3, prefix=dt.vocab[-1][:1], banned=banned)
+    word_log_probs(dt, h, [0, dt.num_words - 1])

@@ -1,0 +1,407 @@
+"""Compiled inner loops of :mod:`service.decode` (numba, ``nogil``). Private to that module.
+
+Everything here works on the flat encoding of :mod:`service.tree` (leaves ``0..V-1``, internal
+node ``n`` has internal index ``i = n - V``, children in CSR ``child_ptr`` / ``children``, child
+``j`` of node ``i`` has parameter row ``child_ptr[i] + j - i`` and the last child has logit 0).
+Log-probabilities are float64; weights and hidden vectors stay float32 and dot products
+accumulate (exact) float64 products in float64, so that ties and near-ties rank as in the
+float64 brute force.
+
+The best-first frontier is an array-based binary max-heap on path log-probability, held in two
+parallel arrays (``heap_lp``, ``heap_node``) owned by the caller; a search stops when they are
+nearly full, the caller grows them and resumes it, as it does between deadline chunks.
+
+Filters use empty arrays for "off" so that every call has the same argument types (one
+compilation per kernel): ``leaf_rank`` (V,) with a range ``[lo, hi)`` for prefix filtering,
+``banned`` (V,) bool, ``node_stamp`` (N,) int32 marking the nodes above matching leaves.
+
+Caching: kernels are compiled with ``cache=True``; numba takes its cache directory from the
+``NUMBA_CACHE_DIR`` environment variable (read when numba is first imported). Without any
+writable cache location they are compiled in memory instead of failing at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+IntArray = npt.NDArray[np.int64]
+StampArray = npt.NDArray[np.int32]
+BoolArray = npt.NDArray[np.bool_]
+F64Array = npt.NDArray[np.float64]
+F32Array = npt.NDArray[np.float32]
+
+# Reassociation lets LLVM vectorise the dot product; NaN/inf semantics stay strict because the
+# search compares against -inf thresholds.
+_DOT_MATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def _jit(**options: Any) -> Callable[[F], F]:
+    def wrap(fn: F) -> F:
+        try:
+            return cast(F, njit(cache=True, nogil=True, **options)(fn))
+        except RuntimeError:  # numba found no writable cache location: compile in memory
+            return cast(F, njit(nogil=True, **options)(fn))
+
+    return wrap
+
+
+# -- scalar helpers ----------------------------------------------------------------------------
+
+
+@_jit(fastmath=_DOT_MATH)
+def row_logit(weight: F32Array, bias: F32Array, row: int, h: F32Array) -> float:
+    """``weight[row] . h + bias[row]`` accumulated in float64."""
+    acc = 0.0
+    w = weight[row]
+    for t in range(w.shape[0]):
+        acc += np.float64(w[t]) * np.float64(h[t])
+    return float(acc + bias[row])
+
+
+@_jit()
+def child_log_probs(
+    child_ptr: IntArray,
+    weight: F32Array,
+    bias: F32Array,
+    h: F32Array,
+    node_index: int,
+    base: float,
+    out: F64Array,
+) -> int:
+    """Write ``base + log P(child j | node)`` for every child into ``out``; return the count."""
+    start = child_ptr[node_index]
+    count = child_ptr[node_index + 1] - start
+    first_row = start - node_index
+    if count == 2:  # the common binary node: a sigmoid
+        x = row_logit(weight, bias, first_row, h)
+        # log sigma(x) and log sigma(-x) from one log1p(exp(-|x|)), finite for any finite x.
+        soft = np.log1p(np.exp(-abs(x)))
+        out[0] = base - soft + min(x, 0.0)
+        out[1] = base - soft - max(x, 0.0)
+        return 2
+    peak = 0.0  # the reference child's logit
+    for j in range(count - 1):
+        z = row_logit(weight, bias, first_row + j, h)
+        out[j] = z
+        peak = max(peak, z)
+    out[count - 1] = 0.0
+    total = 0.0
+    for j in range(count):
+        total += np.exp(out[j] - peak)
+    norm = base - peak - np.log(total)
+    for j in range(count):
+        out[j] += norm
+    return int(count)
+
+
+@_jit(inline="always")
+def admissible(
+    node: int,
+    lp: float,
+    num_leaves: int,
+    leaf_rank: IntArray,
+    lo: int,
+    hi: int,
+    banned: BoolArray,
+    node_stamp: StampArray,
+    stamp: int,
+    min_lp: float,
+) -> bool:
+    """Can ``node`` (reached with path log-prob ``lp``) still yield a qualifying word?"""
+    if not lp >= min_lp:  # also rejects NaN
+        return False
+    if node_stamp.shape[0] > 0 and node_stamp[node] != stamp:
+        return False
+    if node < num_leaves:
+        if banned.shape[0] > 0 and banned[node]:
+            return False
+        if leaf_rank.shape[0] > 0:
+            rank = leaf_rank[node]
+            return bool(lo <= rank < hi)
+    return True
+
+
+# -- the heap ----------------------------------------------------------------------------------
+
+
+@_jit(inline="always")
+def heap_push(heap_lp: F64Array, heap_node: IntArray, size: int, lp: float, node: int) -> int:
+    """Insert into a heap that has room for it; return the new size."""
+    pos = size
+    while pos > 0:
+        up = (pos - 1) >> 1
+        if heap_lp[up] >= lp:
+            break
+        heap_lp[pos] = heap_lp[up]
+        heap_node[pos] = heap_node[up]
+        pos = up
+    heap_lp[pos] = lp
+    heap_node[pos] = node
+    return size + 1
+
+
+@_jit(inline="always")
+def heap_pop(heap_lp: F64Array, heap_node: IntArray, size: int) -> int:
+    """Remove the top entry (read it first); return the new size."""
+    size -= 1
+    lp = heap_lp[size]
+    node = heap_node[size]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap_lp[child + 1] > heap_lp[child]:
+            child += 1
+        if heap_lp[child] <= lp:
+            break
+        heap_lp[pos] = heap_lp[child]
+        heap_node[pos] = heap_node[child]
+        pos = child
+    if size > 0:
+        heap_lp[pos] = lp
+        heap_node[pos] = node
+    return size
+
+
+# -- the searches ------------------------------------------------------------------------------
+
+
+@_jit()
+def best_first(
+    child_ptr: IntArray,
+    children: IntArray,
+    weight: F32Array,
+    bias: F32Array,
+    h: F32Array,
+    num_leaves: int,
+    leaf_rank: IntArray,
+    lo: int,
+    hi: int,
+    banned: BoolArray,
+    node_stamp: StampArray,
+    stamp: int,
+    min_lp: float,
+    heap_lp: F64Array,
+    heap_node: IntArray,
+    size: int,
+    out_ids: IntArray,
+    out_lp: F64Array,
+    n_out: int,
+    k: int,
+    expansions: int,
+    stop_at: int,
+    buf: F64Array,
+) -> tuple[int, int, int, float]:
+    """Pop the frontier until ``k`` words are found, it empties, ``stop_at`` expansions are
+    done, or the heap arrays are too full for another expansion (the caller grows them).
+
+    Only admissible nodes are ever pushed, so every leaf popped qualifies, and since a child's
+    path log-prob never exceeds its parent's, leaves come off in exact descending order.
+    Returns ``(size, n_out, expansions, frontier_mass)``; the frontier's total path
+    probability bounds the probability of every word not yet popped. Only scalars are
+    returned: boxing arrays back into Python costs about a microsecond each.
+    """
+    room = heap_lp.shape[0] - buf.shape[0] - 1  # keeps space for one expansion + a held node
+    # The best child of an expansion is usually the next node to pop: keep it in (node, lp)
+    # instead of a push and a pop whenever nothing on the heap beats it.
+    node, lp = -1, 0.0
+    while n_out < k:
+        if node < 0:
+            if size == 0:
+                break
+            node, lp = heap_node[0], heap_lp[0]
+            if node >= num_leaves and (expansions >= stop_at or size > room):
+                node = -1  # stays on the heap; a leaf on top could still be emitted
+                break
+            size = heap_pop(heap_lp, heap_node, size)
+        if node < num_leaves:
+            out_ids[n_out] = node
+            out_lp[n_out] = lp
+            n_out += 1
+            node = -1
+            continue
+        if expansions >= stop_at or size > room:
+            break  # the held node goes back on the heap below
+        expansions += 1
+        index = node - num_leaves
+        count = child_log_probs(child_ptr, weight, bias, h, index, lp, buf)
+        start = child_ptr[index]
+        node = -1
+        for j in range(count):
+            child = children[start + j]
+            if not admissible(
+                child, buf[j], num_leaves, leaf_rank, lo, hi, banned, node_stamp, stamp, min_lp
+            ):
+                continue
+            if node < 0:
+                node, lp = child, buf[j]
+            elif buf[j] > lp:
+                size = heap_push(heap_lp, heap_node, size, lp, node)
+                node, lp = child, buf[j]
+            else:
+                size = heap_push(heap_lp, heap_node, size, buf[j], child)
+        if node >= 0 and size > 0 and heap_lp[0] > lp:
+            size = heap_push(heap_lp, heap_node, size, lp, node)
+            node = -1
+    if node >= 0:  # stopped while holding a node: the frontier includes it
+        size = heap_push(heap_lp, heap_node, size, lp, node)
+    mass = 0.0
+    for j in range(size):
+        mass += np.exp(heap_lp[j])
+    return size, n_out, expansions, mass
+
+
+@_jit()
+def greedy_fill(
+    child_ptr: IntArray,
+    children: IntArray,
+    weight: F32Array,
+    bias: F32Array,
+    h: F32Array,
+    num_leaves: int,
+    leaf_rank: IntArray,
+    lo: int,
+    hi: int,
+    banned: BoolArray,
+    node_stamp: StampArray,
+    stamp: int,
+    min_lp: float,
+    heap_lp: F64Array,
+    heap_node: IntArray,
+    size: int,
+    out_ids: IntArray,
+    out_lp: F64Array,
+    n_out: int,
+    k: int,
+    expansions: int,
+    buf: F64Array,
+) -> tuple[int, int]:
+    """After an early stop, fill the free slots by greedy descents from the best frontier nodes.
+
+    Each descent follows the most probable admissible child down to a leaf (at most ``depth``
+    expansions), so the cost is bounded by ``free slots * depth``. Descents start from distinct
+    frontier nodes, so the words are distinct; a descent that dead-ends is dropped. The filled
+    words are sorted by probability among themselves (they all rank below the exact ones).
+    Returns ``(n_out, expansions)``.
+    """
+    first_fill = n_out
+    while size > 0 and n_out < k:
+        node = heap_node[0]
+        lp = heap_lp[0]
+        size = heap_pop(heap_lp, heap_node, size)
+        while node >= num_leaves:
+            expansions += 1
+            index = node - num_leaves
+            count = child_log_probs(child_ptr, weight, bias, h, index, lp, buf)
+            start = child_ptr[index]
+            best = -1
+            for j in range(count):
+                child = children[start + j]
+                if (best < 0 or buf[j] > lp) and admissible(
+                    child, buf[j], num_leaves, leaf_rank, lo, hi, banned, node_stamp, stamp, min_lp
+                ):
+                    best = child
+                    lp = buf[j]
+            node = best
+        if node >= 0:
+            out_ids[n_out] = node
+            out_lp[n_out] = lp
+            n_out += 1
+    for a in range(first_fill + 1, n_out):  # insertion sort: at most k entries
+        b = a
+        while b > first_fill and out_lp[b - 1] < out_lp[b]:
+            out_lp[b - 1], out_lp[b] = out_lp[b], out_lp[b - 1]
+            out_ids[b - 1], out_ids[b] = out_ids[b], out_ids[b - 1]
+            b -= 1
+    return n_out, expansions
+
+
+@_jit()
+def mark_ancestors(
+    order: IntArray,
+    lo: int,
+    hi: int,
+    parent: IntArray,
+    banned: BoolArray,
+    node_stamp: StampArray,
+    stamp: int,
+) -> None:
+    """Stamp the leaves ``order[lo:hi]`` (unless banned) and all their ancestors.
+
+    A walk stops at the first node already stamped, so the cost is the number of stamped nodes.
+    """
+    for r in range(lo, hi):
+        node = order[r]
+        if banned.shape[0] > 0 and banned[node]:
+            continue
+        while node >= 0 and node_stamp[node] != stamp:
+            node_stamp[node] = stamp
+            node = parent[node]
+
+
+@_jit()
+def path_log_probs(
+    child_ptr: IntArray,
+    parent: IntArray,
+    node_edge: IntArray,
+    weight: F32Array,
+    bias: F32Array,
+    h: F32Array,
+    num_leaves: int,
+    ids: IntArray,
+    buf: F64Array,
+    out: F64Array,
+) -> None:
+    """``out[n] = log P(ids[n] | h)``: the branch log-probs on the leaf's path, leaf upwards."""
+    for n in range(ids.shape[0]):
+        node = ids[n]
+        total = 0.0
+        while parent[node] >= 0:
+            index = parent[node] - num_leaves
+            child_log_probs(child_ptr, weight, bias, h, index, 0.0, buf)
+            total += buf[node_edge[node] - child_ptr[index]]
+            node = parent[node]
+        out[n] = total
+
+
+@_jit()
+def start_search(
+    child_ptr: IntArray,
+    children: IntArray,
+    weight: F32Array,
+    bias: F32Array,
+    h: F32Array,
+    num_leaves: int,
+    leaf_rank: IntArray,
+    lo: int,
+    hi: int,
+    banned: BoolArray,
+    node_stamp: StampArray,
+    stamp: int,
+    min_lp: float,
+    heap_lp: F64Array,
+    heap_node: IntArray,
+    out_ids: IntArray,
+    out_lp: F64Array,
+    k: int,
+    stop_at: int,
+    buf: F64Array,
+) -> tuple[int, int, int, float]:
+    """Push the root if it can yield a qualifying word and run :func:`best_first`."""
+    root = child_ptr.shape[0] - 2 + num_leaves
+    size = 0
+    if k > 0 and min_lp <= 0.0 and (node_stamp.shape[0] == 0 or node_stamp[root] == stamp):
+        heap_lp[0], heap_node[0], size = 0.0, root, 1
+    return best_first(
+        child_ptr, children, weight, bias, h, num_leaves, leaf_rank, lo, hi, banned,
+        node_stamp, stamp, min_lp, heap_lp, heap_node, size, out_ids, out_lp, 0, k, 0, stop_at,
+        buf,
+    )  # fmt: skip
