@@ -1,0 +1,297 @@
+"""End-to-end HTTP latency of /v1/suggest against a minimal FastAPI endpoint, in one run.
+
+Starts the real server (``python -m service serve``) on a bundle and, with the same uvicorn
+settings on another port, a minimal FastAPI app; then sends sequential keep-alive requests from
+one client (http.client, one connection each), the modes taking turns keystroke by keystroke:
+
+* ``minimal``: POST /minimal, which returns a constant (the floor: HTTP + FastAPI + client);
+* ``suggest+session``: typing held-out WikiText-2 test text keystroke by keystroke, one
+  ``session_id`` per line, so each request only encodes what was typed since the last one;
+* ``suggest``: the same texts without ``session_id`` (a full encode per request).
+
+Prints p50 / p90 / p99 per mode and writes JSON (date, machine, commit, bundle, numbers) to
+``benchmarks/results/http_latency.json``.
+
+    python benchmarks/http_latency.py --bundle bundles/default --data $NEXTWORD_DATA
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.runinfo import run_info  # noqa: E402  (a script: the repo is not installed)
+
+TARGET_SESSION_P99_MS = 1.5
+TARGET_SESSION_RATIO = 4.0
+TARGET_NO_SESSION_P99_MS = 4.0
+
+
+# -- the minimal app, served by this same file in a child process -------------------------------
+
+
+def serve_minimal(host: str, port: int) -> None:
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/minimal")
+    async def minimal() -> dict[str, bool]:
+        return {"ok": True}
+
+    # The same uvicorn settings as `python -m service serve` (see service/__main__.py).
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+# -- workload ------------------------------------------------------------------------------------
+
+
+def keystrokes(data_dir: Path, count: int, min_words: int = 8) -> Iterator[tuple[str, str]]:
+    """(session id, text typed so far) for each keystroke through test.txt's lines."""
+    from service.text import detokenize
+
+    produced = 0
+    lines = (data_dir / "test.txt").read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        words = line.split()
+        # Skip blanks and section headings, and lines with the corpus's <unk> marker: nobody
+        # types "<unk>", and typing it letter by letter re-tokenizes the text at every step.
+        if len(words) < min_words or words[0] == "=" or "<unk>" in words:
+            continue
+        typed = detokenize(words)[:400]
+        for end in range(1, len(typed) + 1):
+            yield f"line-{number}", typed[:end]
+            produced += 1
+            if produced >= count:
+                return
+
+
+# -- client --------------------------------------------------------------------------------------
+
+
+class Client:
+    """One keep-alive connection; ``post`` returns (milliseconds, decoded JSON)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.headers = {"Content-Type": "application/json"}
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[float, Any]:
+        payload = json.dumps(body).encode()
+        start = time.perf_counter()
+        self.conn.request("POST", path, payload, self.headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        elapsed = (time.perf_counter() - start) * 1000.0
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}: {data[:200]!r}")
+        return elapsed, json.loads(data)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def wait_ready(port: int, path: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET" if path != "/minimal" else "POST", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} not ready after {timeout_s} s")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def summarise(ms: list[float]) -> dict[str, float]:
+    values = np.asarray(ms)
+    return {
+        "n": len(values),
+        "mean_ms": float(values.mean()),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
+
+
+def run_modes(
+    suggest_port: int, minimal_port: int, texts: list[tuple[str, str]], warmup: int
+) -> dict[str, dict[str, Any]]:
+    suggest, minimal = Client(suggest_port), Client(minimal_port)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for _ in range(warmup):
+            minimal.post("/minimal", {"text": "warm up"})
+            suggest.post("/v1/suggest", {"text": "warm up "})
+        modes = {
+            "minimal": lambda sid, text: minimal.post("/minimal", {"text": text}),
+            "suggest+session": lambda sid, text: suggest.post(
+                "/v1/suggest", {"text": text, "session_id": sid}
+            ),
+            "suggest": lambda sid, text: suggest.post("/v1/suggest", {"text": text}),
+        }
+        client_ms: dict[str, list[float]] = {name: [] for name in modes}
+        server_ms: dict[str, list[float]] = {name: [] for name in modes}
+        # Modes take turns keystroke by keystroke, so a burst of load from elsewhere on the
+        # machine hits all of them alike instead of skewing one phase.
+        for sid, text in texts:
+            for name, send in modes.items():
+                elapsed, body = send(sid, text)
+                client_ms[name].append(elapsed)
+                if "timing_ms" in body:
+                    server_ms[name].append(body["timing_ms"]["total"])
+        for name in modes:
+            results[name] = {"http": summarise(client_ms[name])}
+            if server_ms[name]:
+                results[name]["server_total"] = summarise(server_ms[name])
+    finally:
+        suggest.close()
+        minimal.close()
+    return results
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    session = results["suggest+session"]["http"]["p99_ms"]
+    floor = results["minimal"]["http"]["p99_ms"]
+    plain = results["suggest"]["http"]["p99_ms"]
+    return {
+        "session_p99_ms": session,
+        "session_p99_target_ms": TARGET_SESSION_P99_MS,
+        "session_over_minimal_p99": session / floor,
+        "session_over_minimal_target": TARGET_SESSION_RATIO,
+        "no_session_p99_ms": plain,
+        "no_session_p99_target_ms": TARGET_NO_SESSION_P99_MS,
+        "met": bool(
+            session <= TARGET_SESSION_P99_MS
+            and session <= TARGET_SESSION_RATIO * floor
+            and plain <= TARGET_NO_SESSION_P99_MS
+        ),
+    }
+
+
+def print_table(results: dict[str, dict[str, Any]], check: dict[str, Any]) -> None:
+    print(
+        f"{'mode':18s} {'n':>6s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} "
+        f"{'server p50/p99':>16s}"
+    )
+    for name, row in results.items():
+        http_ = row["http"]
+        server = row.get("server_total")
+        server_text = f"{server['p50_ms']:.3f}/{server['p99_ms']:.3f}" if server else "-"
+        print(f"{name:18s} {http_['n']:6d} {http_['p50_ms']:8.3f} {http_['p90_ms']:8.3f} "
+              f"{http_['p99_ms']:8.3f} {server_text:>16s}")  # fmt: skip
+    print(
+        f"targets: session p99 {check['session_p99_ms']:.3f} <= {TARGET_SESSION_P99_MS} ms, "
+        f"{check['session_over_minimal_p99']:.2f}x <= {TARGET_SESSION_RATIO}x minimal p99; "
+        f"no-session p99 {check['no_session_p99_ms']:.3f} <= {TARGET_NO_SESSION_P99_MS} ms: "
+        f"{'met' if check['met'] else 'NOT met'}"
+    )
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", default=os.environ.get("NEXTWORD_BUNDLE"), help="bundle dir")
+    parser.add_argument("--data", default=os.environ.get("NEXTWORD_DATA"), help="wikitext-2 dir")
+    parser.add_argument("--requests", type=int, default=3000, help="keystrokes per mode")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/http_latency.json")
+    parser.add_argument("--serve-minimal", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+def main() -> int:
+    args = parse_args()
+    if args.serve_minimal:
+        serve_minimal("127.0.0.1", args.serve_minimal)
+        return 0
+    if not args.bundle or not args.data:
+        print("error: pass --bundle and --data (or set NEXTWORD_BUNDLE / NEXTWORD_DATA)")
+        return 2
+    texts = list(keystrokes(Path(args.data), args.requests))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NEXTWORD_BUNDLE": str(Path(args.bundle))}
+    suggest_port, minimal_port = free_port(), free_port()
+    servers = [
+        start([sys.executable, "-m", "service", "serve", "--port", str(suggest_port),
+               "--log-level", "warning"], env),
+        start([sys.executable, __file__, "--serve-minimal", str(minimal_port)], env),
+    ]  # fmt: skip
+    try:
+        wait_ready(suggest_port, "/readyz", servers[0], timeout_s=300)
+        wait_ready(minimal_port, "/minimal", servers[1], timeout_s=60)
+        load_before = os.getloadavg()
+        results = run_modes(suggest_port, minimal_port, texts, args.warmup)
+        load_after = os.getloadavg()
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    check = verdict(results)
+    print_table(results, check)
+    # Other work on the machine shows up in p99 first; the load average says how much there was.
+    print(f"load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    manifest = json.loads((Path(args.bundle) / "manifest.json").read_text(encoding="utf-8"))
+    report = {
+        "benchmark": "http_latency",
+        **run_info(),
+        "bundle": {
+            "name": manifest["name"],
+            "vocab_size": manifest["vocab_size"],
+            "hidden_size": manifest["hidden_size"],
+            "encoder": {key: manifest["encoder"].get(key) for key in ("cell", "layers")},
+            "tree": manifest["tree"].get("kind"),
+        },
+        "load_average_1min": {"before": load_before[0], "after": load_after[0]},
+        "server_settings_overrides": {
+            name: value
+            for name, value in os.environ.items()
+            if name.startswith("NEXTWORD_") and name not in ("NEXTWORD_BUNDLE", "NEXTWORD_DATA")
+        },
+        "client": "http.client, one keep-alive connection per server, sequential, same host",
+        "workload": f"{len(texts)} keystrokes through WikiText-2 test lines without <unk> "
+        "(first 400 characters of each, one session per line)",
+        "results": results,
+        "targets": check,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # --out may point outside results/
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

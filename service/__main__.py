@@ -1,0 +1,68 @@
+"""``python -m service serve``: serve a bundle over HTTP with uvicorn.
+
+Settings come from ``NEXTWORD_*`` environment variables; the flags override them.  On SIGTERM
+uvicorn stops accepting connections and lets in-flight requests finish (up to
+``NEXTWORD_GRACEFUL_SHUTDOWN_S`` seconds) before the lifespan shuts the runtime down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.bundle import BundleError, read_manifest, verify_checksums
+from service.settings import Settings
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve the bundle named by NEXTWORD_BUNDLE or --bundle"
+    )
+    serve.add_argument("--bundle", help="bundle directory (default: $NEXTWORD_BUNDLE)")
+    serve.add_argument(
+        "--host", help="interface to listen on (default: $NEXTWORD_HOST or 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, help="port (default: $NEXTWORD_PORT or 8000)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in ("bundle", "host", "port")}
+    return Settings(**{name: value for name, value in overrides.items() if value is not None})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args)
+        # Fail before uvicorn starts, with one line instead of a lifespan traceback.
+        verify_checksums(settings.bundle, read_manifest(settings.bundle))
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            print(f"error: setting NEXTWORD_{where.upper()}: {error['msg']}", file=sys.stderr)
+        return 2
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=False,  # per-request logging would cost more than a suggestion
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

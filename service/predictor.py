@@ -1,0 +1,263 @@
+"""Text -> tokens -> encoder -> tree decoding: the work behind ``/v1/suggest`` and ``/v1/score``.
+
+Every text is read as the corpus is: a stream of lines that each end in ``<eos>``, so the encoder
+always starts from ``<eos>`` and an empty text asks for sentence starters.  Keyboard convention
+(:func:`service.text.split_typed`): text that does not end in whitespace ends in a partly typed
+word, which suggestions complete and score candidates replace.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service import decode
+from service.batcher import Batcher
+from service.bundle import Bundle
+from service.sessions import EncodedText, SessionCache
+from service.text import detokenize, display_token, split_typed, tokenize
+
+Tokens = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    beam_width: int = 4
+    max_expansions: int = 200_000
+    default_budget_ms: float = 20.0
+    block_list: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    text: str
+    tokens: tuple[str, ...]
+    logprob: float
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds spent per stage of one request."""
+
+    tokenize: float
+    encode: float
+    decode: float
+    total: float
+
+
+@dataclass(frozen=True)
+class Suggested:
+    suggestions: list[Suggestion]
+    partial_word: str
+    exact: bool
+    expansions: int
+    unexplored_mass: float
+    session_reused: bool
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class Score:
+    candidate: str
+    logprob: float
+    in_vocab: bool
+
+
+@dataclass(frozen=True)
+class _Context:
+    """A text read up to its partly typed word: the ids it encodes and the word's prefix."""
+
+    ids: Tokens
+    prefix: str
+
+
+class Predictor:
+    """Everything a request needs, built once from a bundle; methods are thread-safe."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        decode_tree: decode.DecodeTree,
+        batcher: Batcher,
+        sessions: SessionCache,
+        zero_state: Floats,
+        options: PredictorOptions,
+    ) -> None:
+        self.bundle = bundle
+        self.tree = decode_tree
+        self.batcher = batcher
+        self.sessions = sessions
+        self.zero_state = zero_state  # (L, 1, S)
+        self.options = options
+        self.vocab = bundle.vocab
+        self.index = {token: i for i, token in enumerate(bundle.vocab)}
+        self.eos_id = bundle.eos_id
+        self.unk_id = bundle.unk_id
+        blocked = blocked_ids(bundle.vocab, options.block_list)
+        self.banned = decode_tree.ban_mask([self.unk_id, self.eos_id, *blocked])
+        self.banned_but_eos = decode_tree.ban_mask([self.unk_id, *blocked])
+
+    # -- /v1/suggest -------------------------------------------------------------------------
+
+    def suggest(
+        self,
+        text: str,
+        *,
+        k: int = 3,
+        max_words: int = 1,
+        min_prob: float = 0.0,
+        session_id: str | None = None,
+        budget_ms: float | None = None,
+        include_eos: bool = False,
+    ) -> Suggested:
+        """Top-k completions of the partly typed word, or next words / phrases."""
+        start = time.perf_counter()
+        budget = self.options.default_budget_ms if budget_ms is None else budget_ms
+        deadline = start + budget / 1000.0
+        context = self._read(text)
+        tokenized = time.perf_counter()
+        encoded, reused = self._encode_context(context.ids, session_id)
+        encoded_at = time.perf_counter()
+        banned = self.banned_but_eos if include_eos else self.banned
+        result = decode.beam_search(
+            self.tree,
+            self._step,
+            encoded.hidden,
+            encoded.state,
+            max_words=max_words,
+            beam_width=max(self.options.beam_width, k) if max_words > 1 else 1,
+            k=k,
+            min_prob=min_prob,
+            prefix=context.prefix or None,
+            banned=banned,
+            max_expansions=self.options.max_expansions,
+            deadline=deadline,
+        )
+        done = time.perf_counter()
+        return Suggested(
+            suggestions=[self._phrase(p.ids, p.logprob) for p in result.phrases],
+            partial_word=context.prefix,
+            exact=result.exact,
+            expansions=result.expansions,
+            unexplored_mass=result.unexplored_mass,
+            session_reused=reused,
+            timing=Timing(
+                tokenize=_ms(start, tokenized),
+                encode=_ms(tokenized, encoded_at),
+                decode=_ms(encoded_at, done),
+                total=_ms(start, done),
+            ),
+        )
+
+    def _phrase(self, ids: Sequence[int], logprob: float) -> Suggestion:
+        tokens = tuple(self.vocab[i] for i in ids)
+        text = display_token(tokens[0]) if len(tokens) == 1 else detokenize(tokens)
+        return Suggestion(text=text, tokens=tokens, logprob=float(logprob))
+
+    # -- /v1/score ---------------------------------------------------------------------------
+
+    def score(self, text: str, candidates: Sequence[str]) -> list[Score]:
+        """``log P(candidate | text)`` for each candidate (the text's partly typed word dropped)."""
+        context = self._read(text, keep_prefix=False)
+        encoded, _ = self._encode_context(context.ids, None)
+        parsed = [self._candidate_ids(candidate) for candidate in candidates]
+        logprobs = self._sequence_log_probs(encoded, [ids for ids, _ in parsed])
+        return [
+            Score(candidate=c, logprob=lp, in_vocab=in_vocab)
+            for c, (_, in_vocab), lp in zip(candidates, parsed, logprobs, strict=True)
+        ]
+
+    def _candidate_ids(self, candidate: str) -> tuple[list[int], bool]:
+        exact = self.index.get(candidate)
+        if exact is not None:
+            return [exact], True
+        ids = [self.index.get(token, -1) for token in tokenize(candidate)]
+        in_vocab = bool(ids) and min(ids) >= 0
+        return [self.unk_id if i < 0 else i for i in ids], in_vocab
+
+    def _sequence_log_probs(self, context: EncodedText, sequences: list[list[int]]) -> list[float]:
+        """Sum of token log-probabilities of each id sequence after the context."""
+        totals = [0.0] * len(sequences)
+        firsts = [i for i, ids in enumerate(sequences) if ids]
+        if firsts:
+            first_ids = np.array([sequences[i][0] for i in firsts], dtype=np.int64)
+            first_lps = decode.word_log_probs(self.tree, context.hidden, first_ids)
+            for i, lp in zip(firsts, first_lps, strict=True):
+                totals[i] = float(lp)
+        by_length: dict[int, list[int]] = {}
+        for i, ids in enumerate(sequences):
+            if len(ids) > 1:
+                by_length.setdefault(len(ids), []).append(i)
+        for length, members in by_length.items():
+            # One batched encoder call per length: hidden after each prefix of each candidate.
+            tokens = np.array([sequences[i][: length - 1] for i in members], dtype=np.int64)
+            state = np.repeat(context.state, len(members), axis=1)
+            hidden, _ = self.batcher.encode(tokens, state)  # (B, length - 1, d)
+            for row, i in enumerate(members):
+                for pos in range(1, length):
+                    word = np.array([sequences[i][pos]], dtype=np.int64)
+                    totals[i] += float(
+                        decode.word_log_probs(self.tree, hidden[row, pos - 1], word)[0]
+                    )
+        return totals
+
+    def warm_up(self) -> None:
+        """Take every request path once (encoder shapes, compiled decode variants, sessions)."""
+        for text, max_words in (("", 1), ("The ", 1), ("The wea", 1), ("The ", 2), ("The c", 2)):
+            self.suggest(text, k=3, max_words=max_words)
+        self.suggest("The ", session_id="warm-up")
+        self.suggest("The c", session_id="warm-up")
+        self.sessions.forget("warm-up")
+        self.score("The ", [self.vocab[0], "New York", "<eos>", ""])
+
+    # -- shared steps ------------------------------------------------------------------------
+
+    def _read(self, text: str, *, keep_prefix: bool = True) -> _Context:
+        tokens, partial = split_typed(text)  # partial: one token, e.g. "kn" of "well-kn"
+        prefix = partial if keep_prefix else ""
+        ids = np.empty(len(tokens) + 1, dtype=np.int64)
+        ids[0] = self.eos_id
+        index, unk = self.index, self.unk_id
+        ids[1:] = [index.get(token, unk) for token in tokens]
+        return _Context(ids=ids, prefix=prefix)
+
+    def _encode_context(self, ids: Tokens, session_id: str | None) -> tuple[EncodedText, bool]:
+        """Encode ``ids``, starting from the session's state when ``ids`` extend what it read."""
+        resume = self.sessions.resume(session_id, ids)
+        known = resume.known
+        if known is not None and len(resume.todo) == 0:
+            encoded = known
+        else:
+            state = self.zero_state if known is None else known.state
+            hidden, state_out = self.batcher.encode(resume.todo[None, :], state)
+            # Copies: a slice of a batch's output would keep the whole batch alive in the cache.
+            encoded = EncodedText(
+                tokens=ids, state=np.ascontiguousarray(state_out), hidden=hidden[0, -1].copy()
+            )
+        if session_id is not None:
+            self.sessions.put(session_id, encoded)
+        return encoded, known is not None
+
+    def _step(self, ids: Tokens, state: Floats) -> tuple[Floats, Floats]:
+        hidden, state_out = self.batcher.encode(ids[:, None], state)
+        return hidden[:, 0], state_out
+
+
+def blocked_ids(vocab: Sequence[str], block_list: Sequence[str]) -> list[int]:
+    """Ids of every vocabulary token equal to a block-list word, ignoring case."""
+    blocked = {word.casefold() for word in block_list}
+    return [i for i, token in enumerate(vocab) if token.casefold() in blocked]
+
+
+def _ms(start: float, stop: float) -> float:
+    return (stop - start) * 1000.0

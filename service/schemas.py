@@ -1,0 +1,112 @@
+"""Request and response bodies of the HTTP API (they also feed the OpenAPI document at /docs).
+
+Requests are strict (no string-to-number coercion) and forbid unknown fields.  The bounds here are
+the API's hard limits; settings may tighten ``k``, ``max_words`` and the candidate count further.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 50
+MAX_WORDS = 5
+MAX_CANDIDATES = 1000
+MAX_CANDIDATE_CHARS = 1000
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SuggestRequest(_Request):
+    text: str = Field(
+        description="typed text; if it does not end in whitespace its last word is being typed",
+        examples=["I like the wea"],
+    )
+    k: int = Field(default=3, ge=1, le=MAX_K, description="number of suggestions")
+    max_words: int = Field(default=1, ge=1, le=MAX_WORDS, description="words per suggestion")
+    min_prob: float = Field(default=0.0, ge=0.0, le=1.0, description="drop less probable ones")
+    session_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="reuse the encoder state of this session's previous request",
+    )
+    budget_ms: float | None = Field(
+        default=None, gt=0.0, le=1000.0, description="decode time budget; best found so far after"
+    )
+    include_eos: bool = Field(default=False, description="allow <eos> (end of sentence)")
+
+
+class ScoreRequest(_Request):
+    text: str = Field(
+        description="context; a trailing partly typed word is what the candidates replace",
+        examples=["I like the "],
+    )
+    candidates: Annotated[
+        list[Annotated[str, Field(max_length=MAX_CANDIDATE_CHARS)]],
+        Field(min_length=1, max_length=MAX_CANDIDATES),
+    ] = Field(examples=[["weather", "New York", "<eos>"]])
+
+
+class Suggestion(BaseModel):
+    text: str
+    prob: float
+    logprob: float
+
+
+class Timing(BaseModel):
+    tokenize: float
+    encode: float
+    decode: float
+    total: float
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class SuggestResponse(BaseModel):
+    suggestions: list[Suggestion]
+    partial_word: str = Field(description="the typed characters the suggestions complete")
+    exact: bool = Field(description="false when the budget or expansion cap stopped the search")
+    expansions: int
+    unexplored_mass: float = Field(description="upper bound on the probability not examined")
+    timing_ms: Timing
+    model: ModelRef
+
+
+class CandidateScore(BaseModel):
+    candidate: str
+    logprob: float
+    prob: float
+    in_vocab: bool
+
+
+class ScoreResponse(BaseModel):
+    scores: list[CandidateScore]
+    timing_ms: float
+    model: ModelRef
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    providers: list[str]
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,108 @@
+"""Per-session encoder state, so a keystroke only encodes the tokens typed since the last one.
+
+An entry keeps the token ids its state was computed from; a lookup only reuses it when the new
+ids extend those exactly, so a changed earlier part of the text falls back to a full encode and
+a state never meets tokens it was not computed from.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Tokens = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """The encoder after reading ``tokens``: its ``state (L, 1, S)`` and last ``hidden (d,)``."""
+
+    tokens: Tokens
+    state: Floats
+    hidden: Floats
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where to continue encoding: from ``known`` (or from scratch when None), with ``todo`` ids."""
+
+    known: EncodedText | None
+    todo: Tokens
+
+
+class SessionCache:
+    """LRU of :class:`EncodedText` by session id, with a size cap and a time to live."""
+
+    def __init__(
+        self, max_size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_size = max_size
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, EncodedText]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def resume(self, session_id: str | None, tokens: Tokens) -> Resume:
+        """How to encode ``tokens`` for this session: reuse its state when ``tokens`` extend it."""
+        known = self._get(session_id) if session_id is not None else None
+        if known is not None and _extends(tokens, known.tokens):
+            self.hits += 1
+            return Resume(known, tokens[len(known.tokens) :])
+        if session_id is not None:
+            self.misses += 1
+        return Resume(None, tokens)
+
+    def put(self, session_id: str, encoded: EncodedText) -> None:
+        if self.max_size == 0:
+            return
+        now = self._clock()
+        with self._lock:
+            self._entries[session_id] = (now + self.ttl_s, encoded)
+            self._entries.move_to_end(session_id)
+            while len(self._entries) > self.max_size:
+                self._entries.popitem(last=False)
+            self._drop_expired(now)
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._entries.pop(session_id, None)
+
+    def _get(self, session_id: str) -> EncodedText | None:
+        now = self._clock()
+        with self._lock:
+            item = self._entries.get(session_id)
+            if item is None:
+                return None
+            expires, encoded = item
+            if expires <= now:
+                del self._entries[session_id]
+                return None
+            # A use renews the lease, which keeps the order by expiry that _drop_expired needs.
+            self._entries[session_id] = (now + self.ttl_s, encoded)
+            self._entries.move_to_end(session_id)
+            return encoded
+
+    def _drop_expired(self, now: float) -> None:
+        # Entries are in last-use order and share one TTL, so expired ones sit at the front.
+        while self._entries:
+            first = next(iter(self._entries.values()))
+            if first[0] > now:
+                break
+            self._entries.popitem(last=False)
+
+
+def _extends(tokens: Tokens, prefix: Tokens) -> bool:
+    n = len(prefix)
+    return len(tokens) >= n and bool(np.array_equal(tokens[:n], prefix))

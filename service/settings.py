@@ -1,0 +1,91 @@
+"""Serving configuration: one validated object, read from ``NEXTWORD_*`` environment variables.
+
+Nothing here runs at import time: callers build ``Settings()`` (or pass fields explicitly in
+tests) and hand the object to :func:`service.app.create_app`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Provider = Literal["cpu", "cuda"]
+
+
+def _split_words(value: object) -> object:
+    """Accept a comma- or whitespace-separated string from the environment as a list."""
+    if isinstance(value, str):
+        return [word for word in value.replace(",", " ").split() if word]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; field names map to ``NEXTWORD_<NAME>`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTWORD_", extra="forbid", frozen=True)
+
+    bundle: Path = Field(
+        description="bundle directory (manifest.json, vocab.txt, encoder.onnx, tree.npz)"
+    )
+    providers: Annotated[list[Provider], NoDecode] = Field(
+        default_factory=lambda: list[Provider](["cpu"]),
+        description="onnxruntime providers in order of preference; cuda falls back to cpu",
+    )
+    intra_op_threads: int = Field(
+        default=1, ge=1, le=64, description="onnxruntime intra-op threads"
+    )
+    request_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="threads that run tokenizing and decoding off the event loop",
+    )
+    inline_when_idle: bool = Field(
+        default=True,
+        description="run a request on the event loop when none other is in flight (no thread hop)",
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=1024)
+    max_wait_us: int = Field(
+        default=0, ge=0, le=100_000, description="how long a batch waits for more requests (µs)"
+    )
+    queue_limit: int = Field(
+        default=64, ge=1, le=100_000, description="requests admitted at once; more get 429"
+    )
+    session_cache_size: int = Field(default=4096, ge=0, le=10_000_000)
+    session_ttl_s: float = Field(default=600.0, gt=0.0)
+    default_budget_ms: float = Field(default=20.0, gt=0.0, le=10_000.0)
+    max_expansions: int = Field(default=200_000, ge=1)
+    max_text_chars: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_body_bytes: int = Field(
+        default=2 << 20, ge=1024, description="larger request bodies get 413"
+    )
+    max_candidates: int = Field(default=1000, ge=1, le=1000)
+    max_k: int = Field(default=50, ge=1, le=50)
+    max_words: int = Field(default=5, ge=1, le=5)
+    beam_width: int = Field(default=4, ge=1, le=64)
+    block_list: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="tokens never suggested (comma or space separated)"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    graceful_shutdown_s: int = Field(default=10, ge=0, le=3600)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers_from_string(cls, value: object) -> object:
+        return _split_words(value.lower() if isinstance(value, str) else value)
+
+    @field_validator("block_list", mode="before")
+    @classmethod
+    def _block_list_from_string(cls, value: object) -> object:
+        return _split_words(value)
+
+    @field_validator("providers")
+    @classmethod
+    def _providers_not_empty(cls, value: list[Provider]) -> list[Provider]:
+        if not value:
+            raise ValueError("at least one provider is needed")
+        return list(dict.fromkeys(value))

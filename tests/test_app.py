@@ -1,0 +1,322 @@
+"""The HTTP API end to end on the real tiny bundle: every endpoint, every bad input, sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.bundle import read_vocab
+from service.settings import Settings
+
+SPECIAL = {"<eos>", "<unk>"}
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(bundle=tiny_bundle, max_text_chars=2000, max_body_bytes=64_000))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def vocab(tiny_bundle: Path) -> list[str]:
+    return read_vocab(tiny_bundle)
+
+
+def _score_all(client: TestClient, text: str, candidates: list[str]) -> dict[str, dict[str, Any]]:
+    scores: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(candidates), 1000):
+        response = client.post(
+            "/v1/score", json={"text": text, "candidates": candidates[start : start + 1000]}
+        )
+        assert response.status_code == 200, response.text
+        scores.update({row["candidate"]: row for row in response.json()["scores"]})
+    return scores
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+
+
+# -- /v1/suggest -----------------------------------------------------------------------------
+
+
+def test_suggest_answers_the_documented_shape(client: TestClient, tiny_bundle: Path) -> None:
+    response = client.post("/v1/suggest", json={"text": "The game ", "k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {
+        "suggestions", "partial_word", "exact", "expansions", "unexplored_mass", "timing_ms",
+        "model",
+    }  # fmt: skip
+    assert len(body["suggestions"]) == 5
+    probs = [s["prob"] for s in body["suggestions"]]
+    assert probs == sorted(probs, reverse=True)
+    for s in body["suggestions"]:
+        assert math.isclose(s["prob"], math.exp(s["logprob"]), rel_tol=1e-9)
+        assert s["text"].strip()
+        assert s["text"] not in SPECIAL
+    assert body["partial_word"] == ""
+    assert body["exact"] is True
+    assert body["expansions"] > 0
+    assert set(body["timing_ms"]) == {"tokenize", "encode", "decode", "total"}
+    assert body["model"]["name"] == client.get("/v1/model").json()["name"]
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-request-id"]
+
+
+def test_suggest_top_k_agrees_with_scoring_the_whole_vocabulary(
+    client: TestClient, vocab: list[str]
+) -> None:
+    text = "In the first "
+    scores = _score_all(client, text, vocab)
+    assert math.isclose(sum(row["prob"] for row in scores.values()), 1.0, rel_tol=1e-5)
+    assert all(row["in_vocab"] for row in scores.values())
+    ranked = sorted((w for w in vocab if w not in SPECIAL), key=lambda w: -scores[w]["logprob"])
+    suggested = client.post("/v1/suggest", json={"text": text, "k": 10}).json()["suggestions"]
+    for suggestion, word in zip(suggested, ranked[:10], strict=True):
+        assert math.isclose(suggestion["logprob"], scores[word]["logprob"], abs_tol=1e-5)
+
+
+def test_partial_word_is_completed(client: TestClient, vocab: list[str]) -> None:
+    body = client.post("/v1/suggest", json={"text": "It was th", "k": 5}).json()
+    assert body["partial_word"] == "th"
+    assert body["suggestions"]
+    assert all(s["text"].lower().startswith("th") for s in body["suggestions"])
+    matching = [w for w in vocab if w.lower().startswith("th")]
+    scores = _score_all(client, "It was ", matching)
+    best = max(scores.values(), key=lambda row: row["logprob"])
+    assert math.isclose(body["suggestions"][0]["logprob"], best["logprob"], abs_tol=1e-5)
+
+
+def test_session_keystrokes_equal_full_encodes(client: TestClient) -> None:
+    typed = "The game was released in Japan , and it 's a new"
+    for end in range(len(typed) + 1):
+        text = typed[:end]
+        fresh = client.post("/v1/suggest", json={"text": text, "k": 4}).json()
+        kept = client.post(
+            "/v1/suggest", json={"text": text, "k": 4, "session_id": "typing-1"}
+        ).json()
+        assert [s["text"] for s in kept["suggestions"]] == [s["text"] for s in fresh["suggestions"]]
+        for a, b in zip(kept["suggestions"], fresh["suggestions"], strict=True):
+            assert math.isclose(a["logprob"], b["logprob"], abs_tol=1e-4)
+    edited = client.post(
+        "/v1/suggest", json={"text": "A film was released ", "session_id": "typing-1"}
+    ).json()
+    fresh = client.post("/v1/suggest", json={"text": "A film was released "}).json()
+    assert [s["text"] for s in edited["suggestions"]] == [s["text"] for s in fresh["suggestions"]]
+    metrics = client.get("/metrics").text
+    # The first keystroke and the edit encode in full; every other keystroke reuses the state.
+    assert _metric(metrics, 'nextword_session_lookups_total{result="full_encode"}') >= 2
+    assert _metric(metrics, 'nextword_session_lookups_total{result="reused"}') >= len(typed) - 1
+
+
+def test_phrases_and_options(client: TestClient) -> None:
+    body = client.post("/v1/suggest", json={"text": "It was ", "k": 3, "max_words": 3}).json()
+    assert len(body["suggestions"]) == 3
+    assert all(len(s["text"].split()) >= 2 for s in body["suggestions"])
+    strict = client.post("/v1/suggest", json={"text": "It was ", "k": 50, "min_prob": 0.01})
+    assert all(s["prob"] >= 0.01 for s in strict.json()["suggestions"])
+    tiny_budget = client.post("/v1/suggest", json={"text": "It ", "budget_ms": 0.001})
+    assert tiny_budget.status_code == 200
+    assert 0.0 <= tiny_budget.json()["unexplored_mass"] <= 1.0
+    with_eos = client.post("/v1/suggest", json={"text": "It ", "include_eos": True, "k": 50})
+    assert with_eos.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", "\n\t", "hello\x00\x07 world ", "I ❤️ 😀 ", "zzqxv blorptastic "],
+)
+def test_odd_text_is_served(client: TestClient, text: str) -> None:
+    response = client.post("/v1/suggest", json={"text": text, "k": 5})
+    assert response.status_code == 200, response.text
+    suggestions = response.json()["suggestions"]
+    assert len(suggestions) == 5
+    assert not {s["text"] for s in suggestions} & SPECIAL
+
+
+def test_lone_surrogates_are_refused_as_invalid_json(client: TestClient) -> None:
+    # They cannot be encoded as UTF-8, so they never reach (or crash) the tokenizer.
+    suggest = client.post("/v1/suggest", content=b'{"text": "ab\\ud800 "}')
+    _assert_error(suggest, 400, "invalid_json")
+    score = client.post("/v1/score", content=b'{"text": "a ", "candidates": ["\\udc00x"]}')
+    _assert_error(score, 400, "invalid_json")
+
+
+# -- /v1/score -------------------------------------------------------------------------------
+
+
+def test_score_special_multi_token_and_unknown_candidates(client: TestClient) -> None:
+    scores = _score_all(client, "The ", ["<eos>", "<unk>", "game was", "zzqxv", "game"])
+    assert scores["<eos>"]["in_vocab"]
+    assert scores["<unk>"]["in_vocab"]
+    assert scores["zzqxv"]["in_vocab"] is False
+    assert math.isclose(scores["zzqxv"]["logprob"], scores["<unk>"]["logprob"], abs_tol=1e-6)
+    assert scores["game was"]["logprob"] < scores["game"]["logprob"]
+    assert all(math.isclose(r["prob"], math.exp(r["logprob"])) for r in scores.values())
+
+
+# -- other routes ----------------------------------------------------------------------------
+
+
+def test_model_health_ready_metrics_docs(client: TestClient, tiny_bundle: Path) -> None:
+    model = client.get("/v1/model")
+    assert model.status_code == 200
+    assert model.json()["manifest"]["vocab_size"] == len(read_vocab(tiny_bundle))
+    assert model.json()["providers"] == ["CPUExecutionProvider"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in (
+        'nextword_requests_total{route="/v1/suggest",status="200"}',
+        "nextword_request_seconds_bucket",
+        "nextword_decode_expansions_bucket",
+        "nextword_encoder_batch_size_bucket",
+        "nextword_queue_depth",
+    ):
+        assert name in metrics.text
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/suggest"]["post"]["requestBody"]["content"]["application/json"]
+    assert "text" in body["schema"]["properties"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_request_id_is_echoed(client: TestClient) -> None:
+    response = client.get("/healthz", headers={"x-request-id": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+BAD_JSON: list[tuple[str, dict[str, Any], int, str]] = [
+    ("/v1/suggest", {"text": 3}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": None}, 422, "invalid_request"),
+    ("/v1/suggest", {}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "k": "3"}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "k": 0}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "k": 51}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "k": 2.5}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "max_words": 0}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "max_words": 6}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "budget_ms": 0}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "budget_ms": -1}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "budget_ms": 5000}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "min_prob": 1.5}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "session_id": ""}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a", "colour": "red"}, 422, "invalid_request"),
+    ("/v1/suggest", {"text": "a" * 2001}, 413, "text_too_long"),
+    ("/v1/score", {"text": "a", "candidates": []}, 422, "invalid_request"),
+    ("/v1/score", {"text": "a", "candidates": ["x"] * 1001}, 422, "invalid_request"),
+    ("/v1/score", {"text": "a", "candidates": [1]}, 422, "invalid_request"),
+    ("/v1/score", {"text": "a", "candidates": "x"}, 422, "invalid_request"),
+    ("/v1/score", {"text": "a" * 2001, "candidates": ["x"]}, 413, "text_too_long"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code"), BAD_JSON)
+def test_bad_json_bodies(
+    client: TestClient, path: str, body: dict[str, Any], status: int, code: str
+) -> None:
+    _assert_error(client.post(path, json=body), status, code)
+    assert client.post("/v1/suggest", json={"text": "still serving "}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"", 400, "invalid_json"),
+        (b'{"text": "\xff\xfe"}', 400, "invalid_json"),
+        (b"[1, 2]", 422, "invalid_request"),
+        (b"null", 422, "invalid_request"),
+        (b'{"text": "' + b"a" * 70_000 + b'"}', 413, "too_large"),
+    ],
+)
+def test_bad_raw_bodies(client: TestClient, content: bytes, status: int, code: str) -> None:
+    for path in ("/v1/suggest", "/v1/score"):
+        response = client.post(path, content=content, headers={"content-type": "application/json"})
+        _assert_error(response, status, code)
+    assert client.post("/v1/suggest", json={"text": "still serving "}).status_code == 200
+
+
+def test_unknown_route_and_wrong_method(client: TestClient) -> None:
+    _assert_error(client.get("/v2/suggest"), 404, "not_found")
+    _assert_error(client.get("/v1/suggest"), 405, "method_not_allowed")
+    _assert_error(client.post("/healthz"), 405, "method_not_allowed")
+    metrics = client.get("/metrics").text
+    assert 'route="unmatched",status="404"' in metrics
+
+
+def test_not_ready_before_the_lifespan_ran(tiny_bundle: Path) -> None:
+    cold = TestClient(create_app(Settings(bundle=tiny_bundle)))  # no `with`: no lifespan
+    assert cold.get("/healthz").status_code == 200
+    response = cold.get("/readyz")
+    _assert_error(response, 503, "not_ready")
+    assert response.headers["retry-after"] == "1"
+    _assert_error(cold.post("/v1/suggest", json={"text": "a"}), 503, "not_ready")
+
+
+def test_settings_can_tighten_the_limits(tiny_bundle: Path) -> None:
+    settings = Settings(bundle=tiny_bundle, max_k=5, max_words=2, max_candidates=3)
+    cold = TestClient(create_app(settings))  # limits are checked before the model is needed
+    response = cold.post("/v1/suggest", json={"text": "a", "k": 6})
+    _assert_error(response, 422, "invalid_request")
+    assert response.json()["error"]["message"] == "k is 6; this server allows at most 5"
+    _assert_error(
+        cold.post("/v1/suggest", json={"text": "a", "max_words": 3}), 422, "invalid_request"
+    )
+    too_many = cold.post("/v1/score", json={"text": "a", "candidates": ["x", "y", "z", "w"]})
+    _assert_error(too_many, 422, "invalid_request")
+
+
+def test_a_full_queue_answers_429_with_retry_after(tiny_bundle: Path) -> None:
+    settings = Settings(bundle=tiny_bundle, queue_limit=1, inline_when_idle=False)
+    app = create_app(settings)
+    release = threading.Event()
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            predictor = app.state.runtime.predictor
+            real = predictor.suggest
+
+            def slow(*args: Any, **kwargs: Any) -> Any:
+                release.wait(timeout=10)
+                return real(*args, **kwargs)
+
+            predictor.suggest = slow
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                first = asyncio.create_task(http.post("/v1/suggest", json={"text": "a "}))
+                while app.state.runtime.admission.depth == 0:
+                    await asyncio.sleep(0.005)
+                second = await http.post("/v1/suggest", json={"text": "b "})
+                release.set()
+                return await first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.status_code == 200
+    _assert_error(second, 429, "overloaded")
+    assert second.headers["retry-after"] == "1"

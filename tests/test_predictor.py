@@ -1,0 +1,224 @@
+"""service.predictor against brute force over a toy vocabulary with a numpy encoder."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from service_fakes import VOCAB, FakeEncoder
+
+from service import decode
+from service.predictor import Predictor, PredictorOptions, blocked_ids
+from service.text import split_typed
+
+BANNED = {"<eos>", "<unk>"}
+
+
+@pytest.fixture
+def parts() -> Iterator[tuple[Predictor, FakeEncoder]]:
+    from service_fakes import make_predictor
+
+    predictor, encoder, batcher = make_predictor()
+    yield predictor, encoder
+    batcher.stop()
+
+
+def _context_log_probs(predictor: Predictor, encoder: FakeEncoder, tokens: list[str]) -> np.ndarray:
+    ids = [predictor.eos_id, *(predictor.index.get(t, predictor.unk_id) for t in tokens)]
+    hidden, _ = encoder.run(np.array([ids], dtype=np.int64), encoder.zero_state(1))
+    return decode.brute_force_log_probs(predictor.tree, hidden[0, -1])
+
+
+def _ranking(log_probs: np.ndarray, allowed: list[int], k: int) -> list[tuple[str, float]]:
+    best = sorted(allowed, key=lambda i: -log_probs[i])[:k]
+    return [(VOCAB[i], float(log_probs[i])) for i in best]
+
+
+def _got(result: object) -> list[tuple[str, float]]:
+    return [(s.tokens[0], s.logprob) for s in result.suggestions]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("text", ["", "The ", "the weather of ", "he said 1,000 "])
+def test_next_words_equal_the_brute_force_ranking(
+    parts: tuple[Predictor, FakeEncoder], text: str
+) -> None:
+    predictor, encoder = parts
+    result = predictor.suggest(text, k=5)
+    log_probs = _context_log_probs(predictor, encoder, split_typed(text)[0])
+    allowed = [i for i, w in enumerate(VOCAB) if w not in BANNED]
+    want = _ranking(log_probs, allowed, 5)
+    got = _got(result)
+    assert [w for w, _ in got] == [w for w, _ in want]
+    np.testing.assert_allclose([lp for _, lp in got], [lp for _, lp in want], atol=1e-5)
+    assert result.exact
+    assert result.partial_word == ""
+
+
+def test_partial_word_is_completed_case_insensitively(
+    parts: tuple[Predictor, FakeEncoder],
+) -> None:
+    predictor, encoder = parts
+    result = predictor.suggest("the wea", k=10)
+    log_probs = _context_log_probs(predictor, encoder, ["the"])
+    allowed = [i for i, w in enumerate(VOCAB) if w.lower().startswith("wea")]
+    assert {VOCAB[i] for i in allowed} == {"weather", "weak", "wealth", "weapon", "Wealth"}
+    want = _ranking(log_probs, allowed, 10)
+    got = _got(result)
+    assert [w for w, _ in got] == [w for w, _ in want]
+    np.testing.assert_allclose([lp for _, lp in got], [lp for _, lp in want], atol=1e-5)
+    assert result.partial_word == "wea"
+    assert all(math.isclose(s.prob, math.exp(s.logprob)) for s in result.suggestions)
+
+
+def test_keystroke_sessions_equal_full_encodes(parts: tuple[Predictor, FakeEncoder]) -> None:
+    predictor, encoder = parts
+    typed = "The weather of New York was bad , and it 's worse"
+    for end in range(len(typed) + 1):
+        text = typed[:end]
+        encoder.calls.clear()
+        with_session = predictor.suggest(text, k=4, session_id="typing")
+        session_calls = list(encoder.calls)
+        without = predictor.suggest(text, k=4)
+        assert [w for w, _ in _got(with_session)] == [w for w, _ in _got(without)]
+        np.testing.assert_allclose(
+            [lp for _, lp in _got(with_session)], [lp for _, lp in _got(without)], atol=1e-5
+        )
+        assert with_session.session_reused == (end > 0)
+        # Reuse means at most the newly finished tokens are encoded, never the whole text.
+        assert all(steps <= 2 for _, steps in session_calls), (text, session_calls)
+
+
+def test_an_edited_earlier_word_falls_back_to_a_full_encode(
+    parts: tuple[Predictor, FakeEncoder],
+) -> None:
+    predictor, encoder = parts
+    predictor.suggest("the weather of New ", session_id="s")
+    edited = "the weak of New "
+    encoder.calls.clear()
+    result = predictor.suggest(edited, k=5, session_id="s")
+    assert not result.session_reused
+    assert encoder.calls == [(1, 5)]  # <eos> + four tokens, from scratch
+    assert _got(result) == _got(predictor.suggest(edited, k=5))
+
+
+def test_scores_of_every_vocabulary_line_sum_to_one(parts: tuple[Predictor, FakeEncoder]) -> None:
+    predictor, _ = parts
+    scores = predictor.score("the weather of ", VOCAB)
+    assert all(s.in_vocab for s in scores)
+    assert math.isclose(sum(math.exp(s.logprob) for s in scores), 1.0, rel_tol=1e-6)
+
+
+def test_score_agrees_with_suggest(parts: tuple[Predictor, FakeEncoder]) -> None:
+    predictor, _ = parts
+    suggested = predictor.suggest("New York was ", k=10)
+    scores = {s.candidate: s.logprob for s in predictor.score("New York was ", VOCAB)}
+    ranked = sorted((w for w in VOCAB if w not in BANNED), key=lambda w: -scores[w])[:10]
+    assert [s.tokens[0] for s in suggested.suggestions] == ranked
+    for s in suggested.suggestions:
+        assert math.isclose(s.logprob, scores[s.tokens[0]], abs_tol=1e-6)
+
+
+def test_multi_token_and_unknown_candidates(parts: tuple[Predictor, FakeEncoder]) -> None:
+    predictor, encoder = parts
+    by_name = {
+        s.candidate: s
+        for s in predictor.score(
+            "the ", ["New York", "York", "zebra", "<unk>", "<eos>", "well-known"]
+        )
+    }
+    after_the = _context_log_probs(predictor, encoder, ["the"])
+    after_new = _context_log_probs(predictor, encoder, ["the", "New"])
+    york = predictor.index["York"]
+    assert by_name["New York"].logprob == pytest.approx(
+        after_the[predictor.index["New"]] + after_new[york], abs=1e-5
+    )
+    assert by_name["York"].logprob == pytest.approx(after_the[york], abs=1e-6)
+    assert by_name["zebra"].logprob == pytest.approx(after_the[predictor.unk_id], abs=1e-6)
+    assert not by_name["zebra"].in_vocab
+    assert by_name["<unk>"].in_vocab
+    assert by_name["<eos>"].in_vocab
+    after_well = _context_log_probs(predictor, encoder, ["the", "well"])
+    after_hyphen = _context_log_probs(predictor, encoder, ["the", "well", "@-@"])
+    want = (
+        after_the[predictor.index["well"]]
+        + after_well[predictor.index["@-@"]]
+        + after_hyphen[predictor.index["known"]]
+    )
+    assert by_name["well-known"].logprob == pytest.approx(want, abs=1e-5)
+    assert by_name["well-known"].in_vocab
+
+
+def test_score_drops_the_partly_typed_word(parts: tuple[Predictor, FakeEncoder]) -> None:
+    predictor, _ = parts
+    typed = predictor.score("the wea", ["weather", "weak"])
+    finished = predictor.score("the ", ["weather", "weak"])
+    assert [s.logprob for s in typed] == [s.logprob for s in finished]
+
+
+def test_special_and_blocked_words_are_never_suggested() -> None:
+    from service_fakes import make_predictor
+
+    predictor, _, batcher = make_predictor(PredictorOptions(block_list=("weather", "YORK")))
+    try:
+        words = {s.tokens[0] for s in predictor.suggest("the ", k=len(VOCAB)).suggestions}
+        assert words == set(VOCAB) - BANNED - {"weather", "York"}
+        with_eos = {
+            s.tokens[0]
+            for s in predictor.suggest("the ", k=len(VOCAB), include_eos=True).suggestions
+        }
+        assert "<eos>" in with_eos
+        assert "<unk>" not in with_eos
+    finally:
+        batcher.stop()
+    assert blocked_ids(VOCAB, ["wealth"]) == [VOCAB.index("wealth"), VOCAB.index("Wealth")]
+
+
+def test_two_word_phrases_equal_exhaustive_search() -> None:
+    from service_fakes import make_predictor
+
+    # A beam as wide as the vocabulary makes beam search exhaustive for two words.
+    predictor, encoder, batcher = make_predictor(PredictorOptions(beam_width=len(VOCAB)))
+    try:
+        result = predictor.suggest("New ", k=5, max_words=2)
+        first = _context_log_probs(predictor, encoder, ["New"])
+        allowed = [i for i, w in enumerate(VOCAB) if w not in BANNED]
+        seconds = {a: _context_log_probs(predictor, encoder, ["New", VOCAB[a]]) for a in allowed}
+        phrases = [
+            ((VOCAB[a], VOCAB[b]), first[a] + seconds[a][b])
+            for a, b in itertools.product(allowed, allowed)
+        ]
+        phrases.sort(key=lambda p: -p[1])
+        assert [s.tokens for s in result.suggestions] == [p for p, _ in phrases[:5]]
+        np.testing.assert_allclose(
+            [s.logprob for s in result.suggestions], [lp for _, lp in phrases[:5]], atol=1e-5
+        )
+    finally:
+        batcher.stop()
+
+
+def test_expansion_cap_reports_an_inexact_result() -> None:
+    from service_fakes import make_predictor
+
+    predictor, _, batcher = make_predictor(PredictorOptions(max_expansions=1))
+    try:
+        result = predictor.suggest("the ", k=3)
+        assert not result.exact
+        assert 0.0 < result.unexplored_mass <= 1.0
+    finally:
+        batcher.stop()
+
+
+def test_odd_text_is_served(parts: tuple[Predictor, FakeEncoder]) -> None:
+    predictor, encoder = parts
+    result = predictor.suggest("hello \x00\x07 😀 wörld ", k=3)
+    log_probs = _context_log_probs(predictor, encoder, split_typed("hello 😀 wörld ")[0])
+    allowed = [i for i, w in enumerate(VOCAB) if w not in BANNED]
+    assert [s.tokens[0] for s in result.suggestions] == [
+        w for w, _ in _ranking(log_probs, allowed, 3)
+    ]
+    timing = result.timing
+    assert min(timing.tokenize, timing.encode, timing.decode) >= 0.0
+    assert timing.total >= timing.tokenize + timing.encode + timing.decode - 1e-6
