@@ -400,3 +400,22 @@ def warm_up(dt: DecodeTree) -> None:
     if dt.vocab is not None:
         top_k(dt, h, 3, prefix=dt.vocab[-1][:1], banned=banned)
     word_log_probs(dt, h, [0, dt.num_words - 1])
+    _warm_up_continuation(dt, h, None)
+    if dt.vocab is not None:
+        _warm_up_continuation(dt, h, dt.vocab[-1][:1])
+
+
+def _warm_up_continuation(dt: DecodeTree, h: F32Array, prefix: str | None) -> None:
+    """Compile the resumable kernel: real requests reach it only when a search outlasts one chunk
+    (a one-letter prefix often does), and compiling it then stalls that request for seconds."""
+    fixed = (*dt.arrays, h, dt.num_words, *_make_filter(dt, 0.0, prefix, True, None))
+    scratch = dt._scratch()
+    out_ids = np.empty(1, dtype=np.int64)
+    out_lp = np.empty(1, dtype=np.float64)
+    size, n_out, expansions, _ = kernels.start_search(
+        *fixed, scratch.heap_lp, scratch.heap_node, out_ids, out_lp, 1, 1, scratch.buf
+    )
+    kernels.best_first(
+        *fixed, scratch.heap_lp, scratch.heap_node, size,
+        out_ids, out_lp, n_out, 1, expansions, expansions + 1, scratch.buf,
+    )  # fmt: skip
