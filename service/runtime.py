@@ -49,9 +49,17 @@ class Runtime:
         version = self.bundle.manifest.get("version") or str(files.get("encoder.onnx", "?"))[:12]
         self.model_ref = {"name": self.bundle.name, "version": str(version)}
 
-    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on a request thread, if the queue has room; else refuse with 429."""
-        if self.settings.inline_when_idle and self.admission.depth == 0:
+    async def call(
+        self, fn: Callable[..., T], /, *args: Any, light: bool = False, **kwargs: Any
+    ) -> T:
+        """Run ``fn`` on a request thread, if the queue has room; else refuse with 429.
+
+        ``light`` marks work short enough (well under a millisecond) to run on the event loop
+        itself when nothing else is in flight. Heavy work never does: while it runs the loop
+        reads no sockets, so requests arriving meanwhile would wait unseen (and, at shutdown,
+        be dropped as idle connections).
+        """
+        if light and self.settings.inline_when_idle and self.admission.depth == 0:
             # Nothing else is in flight, so nothing waits on the loop meanwhile, and a thread hop
             # costs two context switches (~50 µs on an idle machine, milliseconds on a busy one).
             self.admission.try_enter()

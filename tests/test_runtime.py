@@ -25,16 +25,18 @@ def _runtime(tmp_path: Path, **settings: Any) -> Runtime:
     return runtime
 
 
-@pytest.mark.parametrize("inline", [True, False])
-def test_idle_requests_run_inline_only_when_asked(tmp_path: Path, inline: bool) -> None:
+@pytest.mark.parametrize(("inline", "light"), [(True, True), (True, False), (False, True)])
+def test_idle_requests_run_inline_only_when_asked(
+    tmp_path: Path, inline: bool, light: bool
+) -> None:
     runtime = _runtime(tmp_path, inline_when_idle=inline)
 
     async def scenario() -> tuple[threading.Thread, int]:
-        thread = await runtime.call(threading.current_thread)
+        thread = await runtime.call(threading.current_thread, light=light)
         return thread, runtime.admission.depth
 
     thread, depth = asyncio.run(scenario())
-    assert (thread is threading.main_thread()) == inline
+    assert (thread is threading.main_thread()) == (inline and light)
     assert depth == 0
 
 
