@@ -4,6 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BUNDLE ?= bundles/default
+# make loadtest [HOST=URL] [USERS=] [RATE=] [DURATION=] [P99_MS=]: against HOST when given, else
+# against a local server on BUNDLE (loadtest/run.py). Plain `=`: only the command line sets them.
+HOST =
+USERS = 50
+RATE = 200
+DURATION = 60
+P99_MS = 10
 
 .PHONY: setup serve bundle test lint bench loadtest docker clean
 
@@ -27,6 +34,12 @@ lint: setup
 
 test: lint
 	$(VENV)/bin/pytest
+
+loadtest: $(if $(HOST),setup,bundle)
+	$(PY) loadtest/run.py $(if $(HOST),--host $(HOST),--serve $(BUNDLE)) --users $(USERS) --rate $(RATE) --duration $(DURATION) --p99-ms $(P99_MS)
+
+docker: setup
+	bash docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

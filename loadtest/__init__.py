@@ -1,0 +1,1 @@
+"""Load tests: locustfile, SLO gate, workload and run script (see loadtest/run.py)."""
