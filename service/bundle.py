@@ -264,6 +264,8 @@ def write_bundle(
         load_bundle(staged)
         if verify is not None:
             verify(staged)
+        # mkdtemp makes the directory owner-only; a server running as another user must read it.
+        staged.chmod(0o755)
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)
