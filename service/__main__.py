@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Process-wide, so set here rather than in create_app: a request thread running Python code
+    # keeps the event loop waiting for the GIL up to this long.
+    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     graceful_shutdown_s: int = Field(default=10, ge=0, le=3600)
+    switch_interval_ms: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=100.0,
+        description="how long a busy thread may hold the GIL before a waiting one gets it",
+    )
 
     @field_validator("providers", mode="before")
     @classmethod
