@@ -66,9 +66,19 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.contexts = Counter(
+            "nextword_context_cache_lookups",
+            "suggest requests without a session_id, by whether a cached context state was reused",
+            ["result"],
+            registry=self.registry,
+        )
         self._by_label: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._reused = self.sessions.labels("reused")
-        self._full_encode = self.sessions.labels("full_encode")
+        self._state_lookups = {
+            (True, True): self.sessions.labels("reused"),
+            (True, False): self.sessions.labels("full_encode"),
+            (False, True): self.contexts.labels("reused"),
+            (False, False): self.contexts.labels("full_encode"),
+        }
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         children = self._by_label.get((route, status))
@@ -79,13 +89,14 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_suggest(self, expansions: int, *, exact: bool, session_reused: bool | None) -> None:
-        """One /v1/suggest result; ``session_reused`` is None for requests without a session."""
+    def observe_suggest(
+        self, expansions: int, *, exact: bool, with_session: bool, state_reused: bool
+    ) -> None:
+        """One /v1/suggest result: did it resume from a session's or a cached context's state?"""
         self.expansions.observe(expansions)
         if not exact:
             self.inexact.inc()
-        if session_reused is not None:
-            (self._reused if session_reused else self._full_encode).inc()
+        self._state_lookups[(with_session, state_reused)].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from service import decode
 from service.batcher import Batcher
 from service.bundle import Bundle
-from service.sessions import EncodedText, SessionCache
+from service.sessions import ContextCache, EncodedText, SessionCache
 from service.text import detokenize, display_token, split_typed, tokenize
 
 Tokens = npt.NDArray[np.int64]
@@ -62,7 +62,8 @@ class Suggested:
     exact: bool
     expansions: int
     unexplored_mass: float
-    session_reused: bool
+    state_reused: bool
+    """The context was encoded from a session's or a cached context's state, not from scratch."""
     timing: Timing
 
 
@@ -92,11 +93,13 @@ class Predictor:
         sessions: SessionCache,
         zero_state: Floats,
         options: PredictorOptions,
+        contexts: ContextCache | None = None,
     ) -> None:
         self.bundle = bundle
         self.tree = decode_tree
         self.batcher = batcher
         self.sessions = sessions
+        self.contexts = contexts if contexts is not None else ContextCache(0)
         self.zero_state = zero_state  # (L, 1, S)
         self.options = options
         self.vocab = bundle.vocab
@@ -150,7 +153,7 @@ class Predictor:
             exact=result.exact,
             expansions=result.expansions,
             unexplored_mass=result.unexplored_mass,
-            session_reused=reused,
+            state_reused=reused,
             timing=Timing(
                 tokenize=_ms(start, tokenized),
                 encode=_ms(tokenized, encoded_at),
@@ -232,8 +235,12 @@ class Predictor:
         return _Context(ids=ids, prefix=prefix)
 
     def _encode_context(self, ids: Tokens, session_id: str | None) -> tuple[EncodedText, bool]:
-        """Encode ``ids``, starting from the session's state when ``ids`` extend what it read."""
-        resume = self.sessions.resume(session_id, ids)
+        """Encode ``ids``, starting from the session's state when ``ids`` extend what it read,
+        or, without a session, from the longest cached context that ``ids`` extend."""
+        if session_id is not None:
+            resume = self.sessions.resume(session_id, ids)
+        else:
+            resume = self.contexts.resume(ids)
         known = resume.known
         if known is not None and len(resume.todo) == 0:
             encoded = known
@@ -246,6 +253,8 @@ class Predictor:
             )
         if session_id is not None:
             self.sessions.put(session_id, encoded)
+        elif encoded is not known:
+            self.contexts.put(encoded)
         return encoded, known is not None
 
     def _step(self, ids: Tokens, state: Floats) -> tuple[Floats, Floats]:

@@ -23,7 +23,7 @@ from service.encoder import Encoder
 from service.metrics import Metrics
 from service.predictor import Predictor, PredictorOptions
 from service.responses import ApiError
-from service.sessions import SessionCache
+from service.sessions import ContextCache, SessionCache
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -103,7 +103,10 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         block_list=tuple(settings.block_list),
     )
     sessions = SessionCache(settings.session_cache_size, settings.session_ttl_s)
-    predictor = Predictor(bundle, decode_tree, batcher, sessions, encoder.zero_state(1), options)
+    contexts = ContextCache(settings.context_cache_size)
+    predictor = Predictor(
+        bundle, decode_tree, batcher, sessions, encoder.zero_state(1), options, contexts
+    )
     predictor.warm_up()
     admission = Admission(settings.queue_limit, on_reject=metrics.rejected.inc)
     # Read at scrape time: setting a gauge on every request would cost more than it tells.

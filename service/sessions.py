@@ -1,8 +1,16 @@
-"""Per-session encoder state, so a keystroke only encodes the tokens typed since the last one.
+"""Cached encoder states, so a keystroke only encodes the tokens typed since the last one.
+
+Two caches, both holding :class:`EncodedText` (the state after reading some token ids):
+
+* :class:`SessionCache`, by the client's ``session_id``: its last request's context;
+* :class:`ContextCache`, shared, by the token ids themselves, for requests without a session:
+  every keystroke inside a word has the same context ids (the partly typed word is not
+  encoded), and a new word extends the previous context by a token or two.
 
 An entry keeps the token ids its state was computed from; a lookup only reuses it when the new
 ids extend those exactly, so a changed earlier part of the text falls back to a full encode and
-a state never meets tokens it was not computed from.
+a state never meets tokens it was not computed from.  Reuse changes no result: the state after
+ids ``a + b`` is the state after ``a`` run on ``b``.
 """
 
 from __future__ import annotations
@@ -101,6 +109,51 @@ class SessionCache:
             if first[0] > now:
                 break
             self._entries.popitem(last=False)
+
+
+class ContextCache:
+    """LRU of :class:`EncodedText` keyed by the exact token ids, shared by all clients.
+
+    :meth:`resume` finds the longest cached context among the ids themselves and the ids less
+    their last :data:`LOOKBACK` tokens (what a typed word or a word plus punctuation adds since
+    the previous keystroke), so a client typing without a ``session_id`` encodes only what it
+    typed since its last request, like a client with one.
+    """
+
+    LOOKBACK = 3
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._entries: OrderedDict[bytes, EncodedText] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def resume(self, tokens: Tokens) -> Resume:
+        if self.max_size > 0:
+            with self._lock:
+                for cut in range(min(self.LOOKBACK, len(tokens) - 1) + 1):
+                    key = tokens[: len(tokens) - cut].tobytes()
+                    known = self._entries.get(key)
+                    if known is not None:
+                        self._entries.move_to_end(key)
+                        self.hits += 1
+                        return Resume(known, tokens[len(tokens) - cut :])
+        self.misses += 1
+        return Resume(None, tokens)
+
+    def put(self, encoded: EncodedText) -> None:
+        if self.max_size == 0:
+            return
+        with self._lock:
+            key = encoded.tokens.tobytes()
+            self._entries[key] = encoded
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_size:
+                self._entries.popitem(last=False)
 
 
 def _extends(tokens: Tokens, prefix: Tokens) -> bool:

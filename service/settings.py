@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     )
     session_cache_size: int = Field(default=4096, ge=0, le=10_000_000)
     session_ttl_s: float = Field(default=600.0, gt=0.0)
+    context_cache_size: int = Field(
+        default=4096,
+        ge=0,
+        le=10_000_000,
+        description="encoder states shared by requests without session_id, by token ids (0: off)",
+    )
     default_budget_ms: float = Field(default=20.0, gt=0.0, le=10_000.0)
     max_expansions: int = Field(default=200_000, ge=1)
     max_text_chars: int = Field(default=10_000, ge=1, le=1_000_000)

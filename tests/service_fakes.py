@@ -14,7 +14,7 @@ from service.batcher import Batcher
 from service.bundle import Bundle
 from service.decode import DecodeTree
 from service.predictor import Predictor, PredictorOptions
-from service.sessions import SessionCache
+from service.sessions import ContextCache, SessionCache
 from service.tree import Tree
 
 VOCAB = [
@@ -84,7 +84,7 @@ def make_bundle(vocab: list[str] = VOCAB, hidden_size: int = 6, seed: int = 1) -
 
 
 def make_predictor(
-    options: PredictorOptions | None = None, *, cache_size: int = 16
+    options: PredictorOptions | None = None, *, cache_size: int = 16, context_cache_size: int = 0
 ) -> tuple[Predictor, FakeEncoder, Batcher]:
     """A predictor over :data:`VOCAB` with a fake encoder; the caller stops the batcher."""
     bundle = make_bundle()
@@ -98,5 +98,6 @@ def make_predictor(
         SessionCache(cache_size, ttl_s=60.0),
         encoder.zero_state(1),
         options or PredictorOptions(),
+        ContextCache(context_cache_size),
     )
     return predictor, encoder, batcher

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,11 @@ def client(tiny_bundle: Path) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def vocab(tiny_bundle: Path) -> list[str]:
     return read_vocab(tiny_bundle)
+
+
+def test_startup_moves_long_lived_objects_out_of_the_collector(client: TestClient) -> None:
+    assert client.get("/readyz").status_code == 200
+    assert gc.get_freeze_count() > 10_000
 
 
 def _score_all(client: TestClient, text: str, candidates: list[str]) -> dict[str, dict[str, Any]]:
@@ -130,6 +136,11 @@ def test_session_keystrokes_equal_full_encodes(client: TestClient) -> None:
     # The first keystroke and the edit encode in full; every other keystroke reuses the state.
     assert _metric(metrics, 'nextword_session_lookups_total{result="full_encode"}') >= 2
     assert _metric(metrics, 'nextword_session_lookups_total{result="reused"}') >= len(typed) - 1
+    # Requests without a session resumed from the shared context cache on every keystroke
+    # after the first (their text grows a word at a time, within the cache's lookback).
+    assert (
+        _metric(metrics, 'nextword_context_cache_lookups_total{result="reused"}') >= len(typed) - 1
+    )
 
 
 def test_phrases_and_options(client: TestClient) -> None:

@@ -86,9 +86,37 @@ def test_keystroke_sessions_equal_full_encodes(parts: tuple[Predictor, FakeEncod
         np.testing.assert_allclose(
             [lp for _, lp in _got(with_session)], [lp for _, lp in _got(without)], atol=1e-5
         )
-        assert with_session.session_reused == (end > 0)
+        assert with_session.state_reused == (end > 0)
         # Reuse means at most the newly finished tokens are encoded, never the whole text.
         assert all(steps <= 2 for _, steps in session_calls), (text, session_calls)
+
+
+def test_typing_without_a_session_reuses_cached_contexts() -> None:
+    from service_fakes import make_predictor
+
+    cached, encoder, batcher = make_predictor(context_cache_size=64)
+    reference, _, reference_batcher = make_predictor()
+    typed = "The weather of New York was bad , and it 's worse"
+    try:
+        for end in range(len(typed) + 1):
+            encoder.calls.clear()
+            got = cached.suggest(typed[:end], k=4)
+            want = reference.suggest(typed[:end], k=4)
+            assert [w for w, _ in _got(got)] == [w for w, _ in _got(want)]
+            np.testing.assert_allclose(
+                [lp for _, lp in _got(got)], [lp for _, lp in _got(want)], atol=1e-5
+            )
+            assert got.state_reused == (end > 0)
+            assert all(steps <= 2 for _, steps in encoder.calls), (typed[:end], encoder.calls)
+        # Another client's different text never resumes from a state it was not computed from.
+        encoder.calls.clear()
+        other = cached.suggest("the weak of New ", k=4)
+        assert not other.state_reused
+        assert encoder.calls == [(1, 5)]
+        assert _got(other) == _got(reference.suggest("the weak of New ", k=4))
+    finally:
+        batcher.stop()
+        reference_batcher.stop()
 
 
 def test_an_edited_earlier_word_falls_back_to_a_full_encode(
@@ -99,7 +127,7 @@ def test_an_edited_earlier_word_falls_back_to_a_full_encode(
     edited = "the weak of New "
     encoder.calls.clear()
     result = predictor.suggest(edited, k=5, session_id="s")
-    assert not result.session_reused
+    assert not result.state_reused
     assert encoder.calls == [(1, 5)]  # <eos> + four tokens, from scratch
     assert _got(result) == _got(predictor.suggest(edited, k=5))
 

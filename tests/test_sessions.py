@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.sessions import EncodedText, SessionCache
+from service.sessions import ContextCache, EncodedText, SessionCache
 
 
 def _ids(*values: int) -> np.ndarray:
@@ -96,3 +96,43 @@ def test_size_zero_disables_caching_and_forget_drops() -> None:
     cache.forget("a")
     cache.forget("never-there")
     assert cache.resume("a", _ids(0)).known is None
+
+
+def test_context_cache_resumes_from_the_longest_cached_prefix() -> None:
+    cache = ContextCache(8)
+    cache.put(_encoded(0, 5))
+    cache.put(_encoded(0, 5, 7))
+    same = cache.resume(_ids(0, 5, 7))
+    assert same.known is not None
+    assert len(same.todo) == 0
+    longer = cache.resume(_ids(0, 5, 7, 9, 2))
+    assert longer.known is not None
+    np.testing.assert_array_equal(longer.known.tokens, _ids(0, 5, 7))
+    np.testing.assert_array_equal(longer.todo, _ids(9, 2))
+    assert (cache.hits, cache.misses) == (2, 0)
+
+
+def test_context_cache_misses_beyond_its_lookback_or_after_an_edit() -> None:
+    cache = ContextCache(8)
+    cache.put(_encoded(0, 5))
+    far = _ids(0, 5, *range(10, 10 + ContextCache.LOOKBACK + 1))
+    for tokens in (far, _ids(0, 6, 7), _ids(0)):
+        resume = cache.resume(tokens)
+        assert resume.known is None
+        np.testing.assert_array_equal(resume.todo, tokens)
+    assert (cache.hits, cache.misses) == (0, 3)
+
+
+def test_context_cache_evicts_the_least_recently_used_and_size_zero_is_off() -> None:
+    cache = ContextCache(2)
+    cache.put(_encoded(0, 1))
+    cache.put(_encoded(0, 2))
+    assert cache.resume(_ids(0, 1)).known is not None  # now the most recent
+    cache.put(_encoded(0, 3))
+    assert len(cache) == 2
+    assert cache.resume(_ids(0, 2)).known is None
+    assert cache.resume(_ids(0, 1)).known is not None
+    off = ContextCache(0)
+    off.put(_encoded(0, 1))
+    assert len(off) == 0
+    assert off.resume(_ids(0, 1)).known is None

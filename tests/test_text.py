@@ -205,3 +205,25 @@ def test_any_text_gives_clean_tokens(text: str) -> None:
     elif done != tokens:  # only a trailing hyphen after a word is read ahead
         assert done[-1] == "@-@"
         assert normalise(text).endswith("-")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_words_are_tokenized_independently(left: str, right: str) -> None:
+    # The rule tokenize() relies on to tokenize word by word (and cache words): no token
+    # depends on another word, except a "No."-style period, which stays only before a number.
+    joined = tokenize(f"{left} {right}")
+    first, second = tokenize(left), tokenize(right)
+    numeric_abbreviation = first[-2:-1] in (["No"], ["Nos"], ["Nr"], ["Op"], ["pp"])
+    if numeric_abbreviation and first[-1] == "." and normalise(right)[:1].isdigit():
+        return  # "No ." + "5" would be "No." + "5" together
+    assert joined == first + second
+
+
+def test_numeric_abbreviations_look_at_the_next_word_only() -> None:
+    assert tokenize("see No. 5") == ["see", "No.", "5"]
+    assert tokenize("see No. (5)") == ["see", "No", ".", "(", "5", ")"]
+    assert tokenize("see No.") == ["see", "No", "."]
+    tokens = tokenize("the same words")
+    tokens.append("changed")  # callers own the list: the word cache must not be shared with it
+    assert tokenize("the same words") == ["the", "same", "words"]
