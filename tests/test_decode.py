@@ -202,16 +202,19 @@ def test_batched_brute_force_matches_rows() -> None:
     k=st.integers(1, 8),
     prefix=st.text(ALPHABET + "0123456789", max_size=3),
     case_insensitive=st.booleans(),
-    mark=st.booleans(),
+    marking=st.sampled_from(["per_request", "shared", "leaf_filter"]),
 )
 def test_prefix_completion_equals_filtered_brute_force(
-    case: Case, k: int, prefix: str, case_insensitive: bool, mark: bool
+    case: Case, k: int, prefix: str, case_insensitive: bool, marking: str
 ) -> None:
-    # mark=False exercises the leaf-filter path used for prefixes matching very many words.
-    limit = decode.MARK_LIMIT if mark else 0
+    # Each path is forced in turn: marks built per request (few matching words), shared cached
+    # marks (popular prefixes), filtering at the leaves (prefixes matching very many words).
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(decode, "MARK_LIMIT", limit)
+        patch.setattr(decode, "MARK_LIMIT", 0 if marking == "leaf_filter" else decode.MARK_LIMIT)
+        patch.setattr(decode, "SHARED_MARKS_MIN_WORDS", 1 if marking == "shared" else 1 << 30)
         result = top_k(case.dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
+        again = top_k(case.dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
+    assert again.ids.tolist() == result.ids.tolist()  # a second use of cached marks agrees
     expected = prefix_scores(case, prefix, case_insensitive)
     assert_exact_top(result, expected, k)
     count = case.dt.count_prefix(prefix, case_insensitive=case_insensitive)
@@ -232,12 +235,23 @@ def test_min_prob_keeps_exactly_the_words_above_it(case: Case, k: int, quantile:
 
 
 @SETTINGS
-@given(case=cases(), k=st.integers(1, 8), share=st.floats(0.0, 1.0), prefix=st.sampled_from("aAb"))
-def test_banned_words_are_skipped_exactly(case: Case, k: int, share: float, prefix: str) -> None:
+@given(
+    case=cases(),
+    k=st.integers(1, 8),
+    share=st.floats(0.0, 1.0),
+    prefix=st.sampled_from("aAb"),
+    shared_marks=st.booleans(),
+)
+def test_banned_words_are_skipped_exactly(
+    case: Case, k: int, share: float, prefix: str, shared_marks: bool
+) -> None:
     banned = case.rng.random(case.dt.num_words) < share
     result = top_k(case.dt, case.hidden, k, banned=banned)
     assert_exact_top(result, np.where(banned, -np.inf, case.brute), k)
-    with_prefix = top_k(case.dt, case.hidden, k, banned=banned, prefix=prefix)
+    # Shared marks include banned words (they do not depend on a request's bans).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode, "SHARED_MARKS_MIN_WORDS", 1 if shared_marks else 1 << 30)
+        with_prefix = top_k(case.dt, case.hidden, k, banned=banned, prefix=prefix)
     filtered = prefix_scores(case, prefix, True)
     assert_exact_top(with_prefix, np.where(banned, -np.inf, filtered), k)
 
@@ -420,3 +434,21 @@ def test_search_resumes_after_growing_a_tiny_heap(case: Case, k: int) -> None:
         patch.setattr(decode, "_HEAP_START", 1)
         fresh = DecodeTree(case.dt.tree, case.dt.weight, case.dt.bias)  # new per-thread buffers
         assert_exact_top(top_k(fresh, case.hidden, k), case.brute, k)
+
+
+def test_shared_marks_are_an_lru_within_their_memory() -> None:
+    rng = np.random.default_rng(5)
+    tree = merge_tree(12, 2, rng)
+    dt = DecodeTree(tree, *make_weights("gaussian", 11, 3, rng), make_vocab(12, rng))
+    marks = decode._SharedMarks(tree.parent, max_bytes=2 * 4 * tree.num_nodes)
+    assert marks.capacity == 2
+    index = dt._folded
+    assert index is not None
+    first = marks.get(index, "a", True)
+    assert marks.get(index, "a", True) is first  # a hit returns the same array
+    marks.get(index, "b", True)
+    marks.get(index, "@", True)
+    assert len(marks._marks) == 2
+    assert marks.get(index, "a", True) is not first  # evicted, so built again
+    matching = [i for i, word in enumerate(dt.vocab or []) if word.casefold().startswith("a")]
+    assert sorted(np.flatnonzero(first[: tree.num_leaves]).tolist()) == matching
