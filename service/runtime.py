@@ -55,23 +55,23 @@ class Runtime:
         """Run ``fn`` on a request thread, if the queue has room; else refuse with 429.
 
         ``light`` marks work short enough (well under a millisecond) to run on the event loop
-        itself when nothing else is in flight. Heavy work never does: while it runs the loop
-        reads no sockets, so requests arriving meanwhile would wait unseen (and, at shutdown,
-        be dropped as idle connections).
+        itself, as ``settings.inline_light`` allows. A thread hop costs two context switches
+        and, under load, a wait for the GIL, which the loop thread holds while it parses other
+        requests (up to the switch interval). Heavy work never runs inline: while it runs the
+        loop reads no sockets, so requests arriving meanwhile would wait unseen (and, at
+        shutdown, be dropped as idle connections).
         """
-        if light and self.settings.inline_when_idle and self.admission.depth == 0:
-            # Nothing else is in flight, so nothing waits on the loop meanwhile, and a thread hop
-            # costs two context switches (~50 µs on an idle machine, milliseconds on a busy one).
-            self.admission.try_enter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.admission.leave()
         if not self.admission.try_enter():
             raise ApiError(
                 429, "overloaded", "too many requests in flight; retry shortly",
                 {"Retry-After": str(RETRY_AFTER_S)},
             )  # fmt: skip
+        policy = self.settings.inline_light
+        if light and (policy == "always" or (policy == "when_idle" and self.admission.depth == 1)):
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.admission.leave()
         future = asyncio.get_running_loop().run_in_executor(
             self.executor, partial(fn, *args, **kwargs)
         )

@@ -43,9 +43,10 @@ class Settings(BaseSettings):
         le=64,
         description="threads that run tokenizing and decoding off the event loop",
     )
-    inline_when_idle: bool = Field(
-        default=True,
-        description="run a request on the event loop when none other is in flight (no thread hop)",
+    inline_light: Literal["never", "when_idle", "always"] = Field(
+        default="when_idle",
+        description="run light requests (one-word suggestions) on the event loop instead of a "
+        "request thread: never, only when none other is in flight, or always",
     )
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     max_wait_us: int = Field(

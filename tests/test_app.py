@@ -304,7 +304,7 @@ def test_settings_can_tighten_the_limits(tiny_bundle: Path) -> None:
 
 
 def test_a_full_queue_answers_429_with_retry_after(tiny_bundle: Path) -> None:
-    settings = Settings(bundle=tiny_bundle, queue_limit=1, inline_when_idle=False)
+    settings = Settings(bundle=tiny_bundle, queue_limit=1, inline_light="never")
     app = create_app(settings)
     release = threading.Event()
 

@@ -1,4 +1,4 @@
-"""service.runtime.Runtime.call: inline when idle, on a request thread otherwise, bounded."""
+"""service.runtime.Runtime.call: inline as the policy allows, else on a request thread; bounded."""
 
 from __future__ import annotations
 
@@ -25,23 +25,51 @@ def _runtime(tmp_path: Path, **settings: Any) -> Runtime:
     return runtime
 
 
-@pytest.mark.parametrize(("inline", "light"), [(True, True), (True, False), (False, True)])
-def test_idle_requests_run_inline_only_when_asked(
-    tmp_path: Path, inline: bool, light: bool
+@pytest.mark.parametrize(
+    ("policy", "light", "inline"),
+    [
+        ("when_idle", True, True),
+        ("when_idle", False, False),
+        ("always", True, True),
+        ("always", False, False),
+        ("never", True, False),
+    ],
+)
+def test_idle_requests_run_inline_only_when_allowed(
+    tmp_path: Path, policy: str, light: bool, inline: bool
 ) -> None:
-    runtime = _runtime(tmp_path, inline_when_idle=inline)
+    runtime = _runtime(tmp_path, inline_light=policy)
 
     async def scenario() -> tuple[threading.Thread, int]:
         thread = await runtime.call(threading.current_thread, light=light)
         return thread, runtime.admission.depth
 
     thread, depth = asyncio.run(scenario())
-    assert (thread is threading.main_thread()) == (inline and light)
+    assert (thread is threading.main_thread()) == inline
     assert depth == 0
 
 
+@pytest.mark.parametrize(("policy", "inline"), [("when_idle", False), ("always", True)])
+def test_light_requests_while_busy_follow_the_policy(
+    tmp_path: Path, policy: str, inline: bool
+) -> None:
+    runtime = _runtime(tmp_path, inline_light=policy)
+    release = threading.Event()
+
+    async def scenario() -> threading.Thread:
+        busy = asyncio.ensure_future(runtime.call(release.wait, 5))
+        await asyncio.sleep(0)  # admitted: one request in flight on a thread
+        thread = await runtime.call(threading.current_thread, light=True)
+        release.set()
+        await busy
+        return thread
+
+    assert (asyncio.run(scenario()) is threading.main_thread()) == inline
+    assert runtime.admission.depth == 0
+
+
 def test_busy_requests_go_to_threads_and_overflow_is_refused(tmp_path: Path) -> None:
-    runtime = _runtime(tmp_path, queue_limit=2, inline_when_idle=False)
+    runtime = _runtime(tmp_path, queue_limit=2, inline_light="never")
     release = threading.Event()
 
     async def scenario() -> list[Any]:
