@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     block_list: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="tokens never suggested (comma or space separated)"
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port; each loads the bundle and keeps its own "
+        "caches (a keep-alive connection stays with one, so its session does too)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     graceful_shutdown_s: int = Field(default=10, ge=0, le=3600)

@@ -73,3 +73,40 @@ def test_serves_then_exits_cleanly_on_sigterm(tiny_bundle: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_workers_serve_from_one_port_and_stop_on_sigterm(tiny_bundle: Path) -> None:
+    import psutil
+
+    port = _free_port()
+    process = _serve("--bundle", str(tiny_bundle), "--port", str(port), "--workers", "2")
+    try:
+        deadline = time.monotonic() + 180
+        ready = 0
+        while ready < 4:  # several answers in a row: every worker has finished starting
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "workers never became ready"
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", "/v1/suggest", json.dumps({"text": "The "}))
+                response = conn.getresponse()
+                ready = ready + 1 if response.status == 200 else 0
+                conn.close()
+            except OSError:
+                ready = 0
+                time.sleep(0.2)
+        workers = [
+            child
+            for child in psutil.Process(process.pid).children()
+            if "multiprocessing.resource_tracker" not in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 2
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode in (0, -signal.SIGTERM)
+        assert stderr.count("Application shutdown complete") == 2
+        assert not any(worker.is_running() for worker in workers)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
