@@ -136,24 +136,47 @@ def pacing(args: argparse.Namespace) -> str:
 
 
 class ProcessMonitor:
-    """Samples processes' CPU use (100 % = one core) and resident memory once a second."""
+    """Samples CPU use (100 % = one core) and resident memory of process trees once a second.
+
+    A tree is a process and its descendants (a server's worker processes, locust's workers), so
+    a multi-process server is measured whole.
+    """
 
     def __init__(self, pids: dict[str, int]) -> None:
-        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.roots = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.known: dict[str, dict[int, psutil.Process]] = defaultdict(dict)
         self.cpu: dict[str, list[float]] = defaultdict(list)
         self.rss_mb: dict[str, float] = defaultdict(float)
-        for process in self.processes.values():
-            process.cpu_percent(None)
+        for name in self.roots:
+            self._members(name)
+
+    def _members(self, name: str) -> list[psutil.Process]:
+        root = self.roots[name]
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        known = self.known[name]
+        for process in tree:
+            if process.pid not in known:
+                known[process.pid] = process
+                process.cpu_percent(None)  # the first reading only starts the interval
+        return [known[process.pid] for process in tree]
 
     def sample(self) -> None:
-        for name, process in self.processes.items():
-            try:
-                with process.oneshot():
-                    self.cpu[name].append(process.cpu_percent(None))
-                    rss = process.memory_info().rss / 2**20
-            except psutil.NoSuchProcess:
-                continue
-            self.rss_mb[name] = max(self.rss_mb[name], rss)
+        for name in self.roots:
+            cpu = rss = 0.0
+            members = self._members(name)
+            for process in members:
+                try:
+                    with process.oneshot():
+                        cpu += process.cpu_percent(None)
+                        rss += process.memory_info().rss / 2**20
+                except psutil.NoSuchProcess:
+                    continue
+            if members:
+                self.cpu[name].append(cpu)
+                self.rss_mb[name] = max(self.rss_mb[name], rss)
 
     def summary(self, skip: int = 2) -> dict[str, dict[str, float]]:
         """Mean and max CPU after the first ``skip`` seconds (start-up), and peak memory."""

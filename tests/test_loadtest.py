@@ -10,6 +10,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,35 @@ def test_gate_passes_a_good_run_and_fails_a_missed_budget(
     failed = run_gate(tiny_bundle, tmp_path / "fail", text, p99_ms=0.001)
     assert failed.returncode == 1
     assert "SLO FAIL: p99" in failed.stdout
+
+
+def test_process_monitor_measures_a_whole_process_tree() -> None:
+    from loadtest.run import ProcessMonitor  # run.py itself never imports locust
+
+    spin = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
+    parent_code = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {spin!r}])\n"
+        "time.sleep(30)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code])
+    try:
+        monitor = ProcessMonitor({"server": parent.pid})
+        for _ in range(20):  # until the child has started
+            if len(monitor._members("server")) == 2:
+                break
+            time.sleep(0.1)
+        assert len(monitor._members("server")) == 2
+        monitor.sample()
+        time.sleep(1.0)
+        monitor.sample()
+        # The busy child is counted (the parent alone sleeps), and so is its memory.
+        assert monitor.cpu["server"][-1] > 5.0
+        assert monitor.rss_mb["server"] > 5.0
+    finally:
+        import psutil
+
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait()
