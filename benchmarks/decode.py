@@ -7,7 +7,9 @@ For each vocabulary size V and hidden size d, three ways to get the 10 best next
 * ``numpy``: ``h @ E + b`` and ``argpartition`` (then sorting the 10).
 
 The baselines skip the softmax normalisation (an extra pass over V that the tree includes), and
-all three run single-threaded (onnxruntime intra-op threads 1, ``OPENBLAS_NUM_THREADS=1``).
+all three run single-threaded (onnxruntime intra-op threads 1, ``OPENBLAS_NUM_THREADS=1``). The
+three take turns, ten times each (:func:`time_side_by_side`), so a drift in the shared
+machine's load hits them alike.
 
 Models. ``bundle``: the real bundle's tree and weights, with hidden vectors from its encoder
 on WikiText-2 validation text (``--data`` / ``NEXTWORD_DATA``; random tokens without it).
@@ -179,20 +181,48 @@ def _validation_tokens(
 # -- timing ------------------------------------------------------------------------------------
 
 
-def time_calls(call: Callable[[int], object], count: int, reps: int) -> npt.NDArray[np.float64]:
-    """Microseconds of ``reps`` calls, cycling through ``count`` inputs, after 3 warm-ups."""
-    for i in range(3):
-        call(i % count)
-    out = np.empty(reps)
-    for r in range(reps):
+ROUNDS = 10
+MOST_CALLS = 2000
+LEAST_CALLS = 30
+
+
+def time_side_by_side(
+    methods: dict[str, Callable[[int], object]], count: int, budget_s: float
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Microseconds per call of each method, cycling through ``count`` inputs.
+
+    Each method gets an equal share of ``budget_s`` (between :data:`LEAST_CALLS` and
+    :data:`MOST_CALLS` calls), split into :data:`ROUNDS` rounds in which the methods take turns:
+    on a shared machine the load drifts within seconds, and taking turns exposes every method to
+    the same drift. Each turn starts with a few untimed calls (a fiftieth of its calls, at least
+    two), because the method before it has just streamed its own matrices through the caches:
+    each method is timed in its steady state, as in a server that runs only one of them.
+    """
+    share = budget_s / len(methods)
+    plan = {}
+    for name, call in methods.items():
+        for i in range(3):  # warm-up, then a rough per-call time to size the turns
+            call(i % count)
         start = time.perf_counter()
-        call(r % count)
-        out[r] = (time.perf_counter() - start) * 1e6
-    return out
-
-
-def reps_for(seconds_per_call: float, budget_s: float, most: int) -> int:
-    return int(np.clip(budget_s / max(seconds_per_call, 1e-7), 30, most))
+        call(3 % count)
+        seconds = max(time.perf_counter() - start, 1e-7)
+        calls = int(np.clip(share / seconds, LEAST_CALLS, MOST_CALLS))
+        per_turn = max(1, calls // ROUNDS)
+        plan[name] = (per_turn, max(2, per_turn // 50))
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    step = 0
+    for _ in range(ROUNDS):
+        for name, call in methods.items():
+            per_turn, untimed = plan[name]
+            for _ in range(untimed):
+                call(step % count)
+                step += 1
+            for _ in range(per_turn):
+                start = time.perf_counter()
+                call(step % count)
+                samples[name].append((time.perf_counter() - start) * 1e6)
+                step += 1
+    return {name: np.asarray(values) for name, values in samples.items()}
 
 
 def ort_topk(out_t: F32, out_b: F32) -> Callable[[F32], tuple[Any, ...]]:
@@ -255,18 +285,21 @@ def bench(model: Model, budget_s: float, rng: np.random.Generator) -> dict[str, 
     hidden = np.ascontiguousarray(model.hidden)
     count, dim = hidden.shape
     expansions = [top_k(dt, hidden[i], K).expansions for i in range(count)]
-    tree_us = time_calls(lambda i: top_k(dt, hidden[i], K), count, reps=max(2000, count))
     num_words = model.tree.num_leaves
     out_t = rng.standard_normal((dim, num_words), dtype=np.float32)
     out_b = np.zeros(num_words, dtype=np.float32)
     ort_run = ort_topk(out_t, out_b)
     single = [np.ascontiguousarray(h[None, :]) for h in hidden]
-    probe = time_calls(lambda i: ort_run(single[i]), count, reps=3).mean() / 1e6
-    ort_us = time_calls(lambda i: ort_run(single[i]), count, reps_for(probe, budget_s, 2000))
-    probe = time_calls(lambda i: numpy_topk(out_t, out_b, hidden[i]), count, reps=3).mean() / 1e6
-    np_us = time_calls(
-        lambda i: numpy_topk(out_t, out_b, hidden[i]), count, reps_for(probe, budget_s, 2000)
+    times = time_side_by_side(
+        {
+            "tree": lambda i: top_k(dt, hidden[i], K),
+            "ort": lambda i: ort_run(single[i]),
+            "numpy": lambda i: numpy_topk(out_t, out_b, hidden[i]),
+        },
+        count,
+        budget_s,
     )
+    tree_us, ort_us, np_us = times["tree"], times["ort"], times["numpy"]
     row = {
         "source": model.source, "V": num_words, "d": dim,
         "tree": summary(tree_us), "ort": summary(ort_us), "numpy": summary(np_us),
@@ -387,7 +420,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
     parser.add_argument("--samples", type=int, default=256, help="hidden vectors per config")
     parser.add_argument("--target-ppl", type=float, default=150.0)
-    parser.add_argument("--budget-s", type=float, default=8.0, help="time per baseline config")
+    parser.add_argument("--budget-s", type=float, default=16.0, help="seconds per config")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/decode.json")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
