@@ -18,6 +18,7 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -268,6 +269,7 @@ def summarise(
         "load_average_1m": os.getloadavg()[0],
         "processes": cpu,  # CPU in % of one core, memory in MiB
         **verdict,
+        "server_side": getattr(args, "server_view", None),
     }
 
 
@@ -290,6 +292,13 @@ def report(summary: dict[str, Any]) -> None:
         f"{summary['p99_ms']:>9.2f}  {summary['achieved_rps']:.1f} req/s, "
         f"{summary['failures']} failed, {summary['late_sends']} sends > 10 ms late"
     )
+    server = summary.get("server_side")
+    if server:
+        bounds = [f"<={server[f'p{q}_at_most_ms']:g}" for q in (50, 95, 99)]
+        print(
+            f"{'server side':<24}{server['requests']:>8}{bounds[0]:>9}{bounds[1]:>9}"
+            f"{bounds[2]:>9}  (its own histogram)"
+        )
     verdict = "PASS" if summary["passed"] else "FAIL: " + "; ".join(summary["reasons"])
     print(f"SLO {verdict}")
 
@@ -308,7 +317,59 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace) -> tuple[int, dict[str, dict[str, float]]]:
     print(f"load test: {args.host}, {args.duration} s; {pacing(args)}", flush=True)
-    return run_locust(args)
+    before = scrape_latency(args.host)
+    code, cpu = run_locust(args)
+    after = scrape_latency(args.host)
+    args.server_view = server_view(before, after)
+    return code, cpu
+
+
+# -- the server's own view ------------------------------------------------------------------------
+
+LATENCY_METRIC = "nextword_request_seconds_bucket"
+
+
+def scrape_latency(host: str) -> dict[float, float] | None:
+    """Cumulative counts by bucket bound (s) of the server's latency histogram for answered
+    (200) requests to ``/v1/*``, from its ``/metrics``; None when it has none (another server)."""
+    try:
+        with urllib.request.urlopen(f"{host.rstrip('/')}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return None
+    buckets: dict[float, float] = defaultdict(float)
+    for line in text.splitlines():
+        if not line.startswith(LATENCY_METRIC + "{"):
+            continue
+        labels, _, value = line[len(LATENCY_METRIC) + 1 :].rpartition("} ")
+        fields = dict(part.split("=", 1) for part in labels.split(","))
+        if fields.get("route", "").startswith('"/v1/') and fields.get("status") == '"200"':
+            buckets[float(fields["le"].strip('"'))] += float(value)
+    return dict(buckets) or None
+
+
+def server_view(
+    before: dict[float, float] | None, after: dict[float, float] | None
+) -> dict[str, Any] | None:
+    """The run's latency as the server measured it (request in to response out, no network or
+    load generator): the histogram's bucket bound at or above p50 / p95 / p99."""
+    if after is None:
+        return None
+    counts = {bound: after[bound] - (before or {}).get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(math.inf, 0.0)
+    if total <= 0:
+        return None
+
+    def at_most(q: float) -> float:
+        return next(bound for bound, count in counts.items() if count >= q * total) * 1000.0
+
+    return {
+        "requests": int(total),
+        "p50_at_most_ms": at_most(0.50),
+        "p95_at_most_ms": at_most(0.95),
+        "p99_at_most_ms": at_most(0.99),
+        "note": "from the server's Prometheus histogram (bucket bounds), warm-up included",
+    }
 
 
 def finish(args: argparse.Namespace, code: int, cpu: dict[str, dict[str, float]]) -> int:
