@@ -54,11 +54,11 @@ class Runtime:
     ) -> T:
         """Run ``fn`` on a request thread, if the queue has room; else refuse with 429.
 
-        ``light`` marks work short enough (well under a millisecond) to run on the event loop
-        itself, as ``settings.inline_light`` allows. A thread hop costs two context switches
-        and, under load, a wait for the GIL, which the loop thread holds while it parses other
-        requests (up to the switch interval). Heavy work never runs inline: while it runs the
-        loop reads no sockets, so requests arriving meanwhile would wait unseen (and, at
+        ``light`` marks work short enough (about a millisecond, a few at most) to run on the
+        event loop itself, as ``settings.inline_light`` allows. A thread hop costs two context
+        switches and, under load, waits for the GIL, which the loop thread holds while it parses
+        other requests (up to the switch interval). Heavy work never runs inline: while it runs
+        the loop reads no sockets, so requests arriving meanwhile would wait unseen (and, at
         shutdown, be dropped as idle connections).
         """
         if not self.admission.try_enter():

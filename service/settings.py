@@ -46,8 +46,8 @@ class Settings(BaseSettings):
     # "always": 1,266 vs 882 requests/s at saturation with the same load (loadtest A/B).
     inline_light: Literal["never", "when_idle", "always"] = Field(
         default="always",
-        description="run light requests (one-word suggestions) on the event loop instead of a "
-        "request thread: never, only when none other is in flight, or always",
+        description="run light requests (short texts, up to 3-word phrases, up to 50 candidates) "
+        "on the event loop instead of a request thread: never, only when idle, or always",
     )
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     max_wait_us: int = Field(
