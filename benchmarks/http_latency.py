@@ -2,7 +2,8 @@
 
 Starts the real server (``python -m service serve``) on a bundle and, with the same uvicorn
 settings on another port, a minimal FastAPI app; then sends sequential keep-alive requests from
-one client (http.client, one connection each), the modes taking turns keystroke by keystroke:
+one client (http.client, one connection each), the modes taking turns keystroke by keystroke in
+a shuffled order:
 
 * ``minimal``: POST /minimal, which returns a constant (the floor: HTTP + FastAPI + client);
 * ``suggest+session``: typing held-out WikiText-2 test text keystroke by keystroke, one
@@ -25,6 +26,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -164,9 +166,14 @@ def run_modes(
         client_ms: dict[str, list[float]] = {name: [] for name in modes}
         server_ms: dict[str, list[float]] = {name: [] for name in modes}
         # Modes take turns keystroke by keystroke, so a burst of load from elsewhere on the
-        # machine hits all of them alike instead of skewing one phase.
+        # machine hits all of them alike instead of skewing one phase; in a shuffled order,
+        # because the first request after another server ran pays for cold caches.
+        order = random.Random(0)
+        names = list(modes)
         for sid, text in texts:
-            for name, send in modes.items():
+            order.shuffle(names)
+            for name in names:
+                send = modes[name]
                 elapsed, body = send(sid, text)
                 client_ms[name].append(elapsed)
                 if "timing_ms" in body:
