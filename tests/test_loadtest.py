@@ -70,11 +70,20 @@ def test_one_error_fails_a_zero_error_budget() -> None:
     assert "error ratio" in verdict.reasons[0]
 
 
+def test_a_short_run_allows_the_poisson_noise_of_its_count() -> None:
+    # 20 req/s over 18 steady seconds: 360 requests, sigma 19 (5 %): 18.9 req/s is within it.
+    slo = Slo(target_rps=20, rate_tolerance=0.05, warmup_s=2.0)
+    assert evaluate(samples_at(18.9, 20), slo).passed
+    short = evaluate(samples_at(15.0, 20), slo)
+    assert not short.passed
+    assert "least that counts" in short.reasons[0]
+
+
 def test_a_rate_below_target_fails_beyond_the_tolerance() -> None:
     assert evaluate(samples_at(196, 10), Slo(target_rps=200, rate_tolerance=0.05)).passed
     verdict = evaluate(samples_at(180, 10), Slo(target_rps=200, rate_tolerance=0.05))
     assert not verdict.passed
-    assert "achieved 180.0 req/s < target 200" in verdict.reasons[0]
+    assert "achieved 180.0 req/s < 185.0" in verdict.reasons[0]  # 3 sigma of 1,600 sends
 
 
 def test_no_requests_fail() -> None:
