@@ -2,7 +2,10 @@
 
 Held-out WikiText-2 text is turned back into text as a person types it (``well @-@ known`` ->
 ``well-known``, punctuation attached); sentences with ``<unk>`` are skipped, so every word typed
-is a vocabulary word and every prefix of it has at least one completion. The checks return what
+is a vocabulary word and every prefix of it has at least one completion. So are sentences with
+a word the corpus starts with an apostrophe other than a clitic (``P 'ohang``, ``O 'Brien``):
+typed after a space, that apostrophe reads as an opening quote, and the letters after it are a
+prefix of no vocabulary word. The checks return what
 is wrong with a response body, or None. Kept apart from the locustfile so it can be tested
 without importing locust (which monkey-patches the standard library).
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 MIN_WORDS, MAX_WORDS = 4, 30
+CLITICS = frozenset({"'s", "'t", "n't", "'re", "'ve", "'ll", "'d", "'m"})
 
 _MARKER = re.compile(r" @([-,.])@ ")
 _SPACE_BEFORE = re.compile(r" (?=[,.;:!?)\]%]|'s\b|'t\b|n't\b|'re\b|'ve\b|'ll\b|'d\b|'m\b)")
@@ -38,8 +42,13 @@ def sentences(lines: Iterable[str]) -> Iterator[str]:
             continue
         for sentence in re.split(r"(?<= \.) ", line.strip()):
             words = sentence.split()
-            if MIN_WORDS <= len(words) <= MAX_WORDS and "<unk>" not in words:
+            typable = "<unk>" not in words and not any(map(_apostrophe_word, words))
+            if MIN_WORDS <= len(words) <= MAX_WORDS and typable:
                 yield detokenize(sentence)
+
+
+def _apostrophe_word(token: str) -> bool:
+    return token.startswith("'") and token[1:2].isalpha() and token.lower() not in CLITICS
 
 
 @functools.cache

@@ -107,8 +107,9 @@ def test_sentences_skip_headings_unknown_words_and_fragments() -> None:
         " = Robert Boulter = \n",
         " \n",
         " He was born in London . It rained . The film <unk> was made in 2001 . \n",
+        " The battle of P 'ohang was won . O 'Brien 's men won . It 's a fine day . \n",
     ]
-    assert list(sentences(lines)) == ["He was born in London."]
+    assert list(sentences(lines)) == ["He was born in London.", "It's a fine day."]
 
 
 def body(*texts: str, partial: str = "") -> dict[str, object]:
