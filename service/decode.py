@@ -135,13 +135,15 @@ class _SharedMarks:
         self._marks: OrderedDict[tuple[bool, str], npt.NDArray[np.int32]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, index: _PrefixIndex, key: str, folded: bool) -> npt.NDArray[np.int32]:
+    def get(
+        self, index: _PrefixIndex, key: str, folded: bool, lo: int, hi: int
+    ) -> npt.NDArray[np.int32]:
+        """The marks of ``key``, whose words are ``index.order[lo:hi]`` (the caller's range)."""
         with self._lock:
             marks = self._marks.get((folded, key))
             if marks is not None:
                 self._marks.move_to_end((folded, key))
                 return marks
-        lo, hi = index.range(key)
         marks = np.zeros(len(self.parent), dtype=np.int32)  # built outside the lock
         kernels.mark_ancestors(index.order, lo, hi, self.parent, _NO_BANS, marks, 1)
         with self._lock:
@@ -275,15 +277,8 @@ def _make_filter(
     if hi - lo > MARK_LIMIT:  # marking would cost more than filtering popped leaves
         return index.rank, lo, hi, bans, _NO_STAMPS, 0, min_lp
     if hi - lo >= SHARED_MARKS_MIN_WORDS:
-        return (
-            index.rank,
-            lo,
-            hi,
-            bans,
-            dt._shared_marks.get(index, key, case_insensitive),
-            1,
-            min_lp,
-        )
+        marks = dt._shared_marks.get(index, key, case_insensitive, lo, hi)
+        return index.rank, lo, hi, bans, marks, 1, min_lp
     stamps, stamp = dt._scratch().next_stamp()
     kernels.mark_ancestors(index.order, lo, hi, dt.tree.parent, bans, stamps, stamp)
     return index.rank, lo, hi, bans, stamps, stamp, min_lp

@@ -131,7 +131,12 @@ def _clean(text: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     """Typed text -> WikiText-2 tokens (never maps to ``<unk>``: that needs the vocabulary)."""
-    words = normalise(text).split()
+    return _tokenize_clean(_clean(text))
+
+
+def _tokenize_clean(clean: str) -> list[str]:
+    """:func:`tokenize` of text that :func:`_clean` has already seen."""
+    words = clean.split()
     tokens: list[str] = []
     for i, word in enumerate(words):
         before_digit = i + 1 < len(words) and words[i + 1][:1].isdigit()
@@ -208,11 +213,11 @@ def split_typed(text: str) -> tuple[list[str], str]:
     """
     clean = _clean(text)
     if not clean or clean[-1].isspace():
-        return tokenize(clean), ""
+        return _tokenize_clean(clean), ""
     last_char, before = clean[-1], clean[-2:-1]
     if last_char == "-" and _is_word_char(before):
-        return [*tokenize(clean[:-1]), "@-@"], ""  # a hyphenated word is on its way
-    tokens = tokenize(clean)
+        return [*_tokenize_clean(clean[:-1]), "@-@"], ""  # a hyphenated word is on its way
+    tokens = _tokenize_clean(clean)
     if _is_word_char(last_char) or (last_char == "'" and _is_word_char(before)):
         return tokens[:-1], tokens[-1]
     return tokens, ""

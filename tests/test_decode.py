@@ -444,11 +444,15 @@ def test_shared_marks_are_an_lru_within_their_memory() -> None:
     assert marks.capacity == 2
     index = dt._folded
     assert index is not None
-    first = marks.get(index, "a", True)
-    assert marks.get(index, "a", True) is first  # a hit returns the same array
-    marks.get(index, "b", True)
-    marks.get(index, "@", True)
+
+    def get(key: str) -> npt.NDArray[np.int32]:
+        return marks.get(index, key, True, *index.range(key))
+
+    first = get("a")
+    assert get("a") is first  # a hit returns the same array
+    get("b")
+    get("@")
     assert len(marks._marks) == 2
-    assert marks.get(index, "a", True) is not first  # evicted, so built again
+    assert get("a") is not first  # evicted, so built again
     matching = [i for i, word in enumerate(dt.vocab or []) if word.casefold().startswith("a")]
     assert sorted(np.flatnonzero(first[: tree.num_leaves]).tolist()) == matching
