@@ -10,12 +10,13 @@ import gc
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.runtime = None
     app.state.metrics = metrics
     _add_routes(app, settings, metrics)
+    app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_PATHS)
     _add_error_handlers(app)
     routes = {route.path for route in app.routes if hasattr(route, "path")}
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -108,10 +110,41 @@ on request threads, phrases and scores kept waiting for the GIL between their ma
 native calls. Longer work still goes to the request threads, so the loop keeps reading."""
 
 
+class _DirectRoute(APIRoute):
+    """A route whose endpoint takes the :class:`Request` and returns the :class:`Response`.
+
+    FastAPI's request handler (dependency solving, body reading, response validation) cost
+    ~60 µs a request here; these endpoints need none of it, so it is skipped. Starlette still
+    wraps the endpoint (exception handlers apply), and the route's arguments still document
+    the body and response in the OpenAPI schema.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        return cast(Callable[[Request], Any], self.endpoint)
+
+
+HOT_PATHS = ("/v1/suggest", "/v1/score")
+"""Checked first when routing: each route tried before the matching one costs ~4 µs."""
+
+
 def _add_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     # The two hot routes parse their body themselves: FastAPI's body parameter plus a dependency
     # cost ~0.1 ms per request here, against ~0.03 ms for one model_validate_json call.
-    @app.post("/v1/suggest", response_model=SuggestResponse, openapi_extra=_body(SuggestRequest))
+    Endpoint = Callable[[Request], Awaitable[Response]]
+
+    def direct(
+        path: str, response_model: type[BaseModel], body: type[BaseModel]
+    ) -> Callable[[Endpoint], Endpoint]:
+        def add(endpoint: Endpoint) -> Endpoint:
+            app.router.add_api_route(
+                path, endpoint, methods=["POST"], response_model=response_model,
+                openapi_extra=_body(body), route_class_override=_DirectRoute,
+            )  # fmt: skip
+            return endpoint
+
+        return add
+
+    @direct("/v1/suggest", SuggestResponse, SuggestRequest)
     async def suggest(request: Request) -> Response:
         """Complete the partly typed word, or suggest the next words."""
         body = await _parse(request, SuggestRequest)
@@ -128,7 +161,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         )
         return json_response(suggest_body(result, runtime.model_ref))
 
-    @app.post("/v1/score", response_model=ScoreResponse, openapi_extra=_body(ScoreRequest))
+    @direct("/v1/score", ScoreResponse, ScoreRequest)
     async def score(request: Request) -> Response:
         """Score candidate next words or phrases: log P(candidate | text)."""
         body = await _parse(request, ScoreRequest)

@@ -28,6 +28,8 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -38,6 +40,7 @@ from service.bundle import Bundle
 from service.tree import Tree
 
 BoolArray = npt.NDArray[np.bool_]
+MarkArray = npt.NDArray[np.uint64]
 IntArray = npt.NDArray[np.int64]
 F64Array = npt.NDArray[np.float64]
 F32Array = npt.NDArray[np.float32]
@@ -52,16 +55,18 @@ MARK_LIMIT = 8192
 """Prefixes matching more words than this are filtered at the leaves instead of marked."""
 
 SHARED_MARKS_MIN_WORDS = 64
-"""Prefixes matching at least this many words keep their node marks in :class:`_SharedMarks`:
+"""Prefixes matching at least this many words share node marks built once (:class:`_SharedMarks`):
 marking a one-letter prefix's thousands of words and ancestors costs ~50 µs, as much as the
 search, and the same few short prefixes start most words a keyboard completes."""
 
 SHARED_MARKS_BYTES = 32 << 20
-"""Memory for shared node marks (an int32 per tree node each: 260 KiB at V = 33k)."""
+"""Memory for shared node marks, a bitset over the tree's nodes each (8 KiB at V = 33k, where
+all 242 case-folded prefixes with 64 words or more take 2 MiB)."""
 
 _UNLIMITED = 1 << 62
+_MAX_CHAR = chr(0x10FFFF)
 _HEAP_START = 4096
-_NO_STAMPS = np.zeros(0, dtype=np.int32)
+_NO_MARKS = np.zeros(0, dtype=np.uint64)
 _NO_RANKS = np.zeros(0, dtype=np.int64)
 _NO_BANS = np.zeros(0, dtype=bool)
 
@@ -113,43 +118,86 @@ class _PrefixIndex:
 
     def range(self, prefix: str) -> tuple[int, int]:
         """``[lo, hi)`` of the sorted positions of the words starting with ``prefix``."""
+        if not prefix:
+            return 0, len(self.keys)
+        lo = bisect_left(self.keys, prefix)
+        if prefix[-1] == _MAX_CHAR:  # no successor string: compare truncated keys instead
+            return lo, bisect_right(self.keys, prefix, key=itemgetter(slice(len(prefix))))
+        # Every word starting with the prefix sorts before the prefix's successor.
+        return lo, bisect_left(self.keys, prefix[:-1] + chr(ord(prefix[-1]) + 1), lo)
 
-        # Truncating sorted keys to len(prefix) characters keeps them sorted.
-        def head(key: str) -> str:
-            return key[: len(prefix)]
-
-        return bisect_left(self.keys, prefix, key=head), bisect_right(self.keys, prefix, key=head)
+    def popular(self, min_words: int) -> list[tuple[str, int, int]]:
+        """Every prefix matching at least ``min_words`` words, as ``(prefix, lo, hi)``, most
+        words first. The cost is the number of words under such prefixes, summed over them."""
+        found: list[tuple[str, int, int]] = []
+        todo = [("", 0, len(self.keys))]
+        while todo:
+            prefix, lo, hi = todo.pop()
+            at = len(prefix)
+            position = lo
+            # Sorted keys with this prefix: the ones that end here first, then one run per
+            # next character.
+            for char, run in groupby(self.keys[lo:hi], key=itemgetter(slice(at, at + 1))):
+                size = sum(1 for _ in run)
+                if char and size >= min_words:
+                    found.append((prefix + char, position, position + size))
+                    todo.append((prefix + char, position, position + size))
+                position += size
+        found.sort(key=lambda item: item[1] - item[2])
+        return found
 
 
 class _SharedMarks:
-    """Node marks of popular prefixes, computed once and shared by all threads (an LRU).
+    """Node marks of popular prefixes, shared by all threads and never changed once built.
 
-    A mark array has ``1`` at every leaf matching the prefix and at all their ancestors, so the
-    kernels take it as ``node_stamp`` with stamp ``1``. Banned words are marked too (the mark
-    does not depend on a request's bans); the search still never pushes a banned leaf.
+    A prefix's marks set the bit of every leaf matching it and of all their ancestors (the
+    kernels' ``node_marks``). Banned words are marked too (the marks do not depend on a
+    request's bans); the search still never pushes a banned leaf.
+
+    The case-folded prefixes with the most words (what a keyboard sends) are marked up front
+    in one block, as much of it as ``max_bytes`` allows: built on first use instead, each
+    cost a request up to ~2 ms, mostly faulting in fresh memory. Other prefixes (exact-case
+    ones, or more than the block holds) are built on first use and kept in an LRU within the
+    rest of the memory; an evicted array stays valid for a search still reading it.
     """
 
-    def __init__(self, parent: IntArray, max_bytes: int) -> None:
+    def __init__(
+        self,
+        parent: IntArray,
+        max_bytes: int,
+        preload: _PrefixIndex | None = None,
+        min_words: int = 1,
+    ) -> None:
         self.parent = parent
-        self.capacity = max(1, max_bytes // (4 * len(parent)))
-        self._marks: OrderedDict[tuple[bool, str], npt.NDArray[np.int32]] = OrderedDict()
+        self.words = kernels.marks_words(len(parent))
+        slots = max(1, max_bytes // (8 * self.words))
+        popular = [] if preload is None else preload.popular(min_words)[: slots // 2]
+        order = _NO_RANKS if preload is None else preload.order
+        self.block: MarkArray = np.zeros((len(popular), self.words), dtype=np.uint64)
+        self._fixed: dict[tuple[bool, str], MarkArray] = {}
+        for row, (key, lo, hi) in enumerate(popular):
+            kernels.mark_ancestors(order, lo, hi, parent, _NO_BANS, self.block[row], True)
+            self._fixed[(True, key)] = self.block[row]
+        self.capacity = max(1, slots - len(popular))
+        self._recent: OrderedDict[tuple[bool, str], MarkArray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(
-        self, index: _PrefixIndex, key: str, folded: bool, lo: int, hi: int
-    ) -> npt.NDArray[np.int32]:
+    def get(self, index: _PrefixIndex, key: str, folded: bool, lo: int, hi: int) -> MarkArray:
         """The marks of ``key``, whose words are ``index.order[lo:hi]`` (the caller's range)."""
+        marks = self._fixed.get((folded, key))
+        if marks is not None:
+            return marks
         with self._lock:
-            marks = self._marks.get((folded, key))
+            marks = self._recent.get((folded, key))
             if marks is not None:
-                self._marks.move_to_end((folded, key))
+                self._recent.move_to_end((folded, key))
                 return marks
-        marks = np.zeros(len(self.parent), dtype=np.int32)  # built outside the lock
-        kernels.mark_ancestors(index.order, lo, hi, self.parent, _NO_BANS, marks, 1)
+        marks = np.zeros(self.words, dtype=np.uint64)  # built outside the lock
+        kernels.mark_ancestors(index.order, lo, hi, self.parent, _NO_BANS, marks, True)
         with self._lock:
-            self._marks[(folded, key)] = marks
-            while len(self._marks) > self.capacity:
-                self._marks.popitem(last=False)
+            self._recent[(folded, key)] = marks
+            while len(self._recent) > self.capacity:
+                self._recent.popitem(last=False)
         return marks
 
 
@@ -157,25 +205,25 @@ class _Scratch:
     """One thread's reusable buffers: a request allocates only its result arrays."""
 
     def __init__(self, num_nodes: int, max_children: int) -> None:
-        self.num_nodes = num_nodes
         self.heap_lp: F64Array = np.empty(_HEAP_START + max_children, dtype=np.float64)
         self.heap_node: IntArray = np.empty(_HEAP_START + max_children, dtype=np.int64)
         self.buf: F64Array = np.empty(max_children, dtype=np.float64)
-        self.stamps: npt.NDArray[np.int32] | None = None
-        self.stamp = 0
+        self.marks: MarkArray = np.zeros(kernels.marks_words(num_nodes), dtype=np.uint64)
+        self._marked: tuple[IntArray, int, int] | None = None
 
     def grow_heap(self) -> None:
         """Double the heap arrays, keeping their contents (a search resumes on them)."""
         self.heap_lp = np.concatenate([self.heap_lp, np.empty_like(self.heap_lp)])
         self.heap_node = np.concatenate([self.heap_node, np.empty_like(self.heap_node)])
 
-    def next_stamp(self) -> tuple[npt.NDArray[np.int32], int]:
-        """The node-stamp array and a fresh stamp: no O(N) clearing per request."""
-        if self.stamps is None or self.stamp >= np.iinfo(np.int32).max:
-            self.stamps = np.zeros(self.num_nodes, dtype=np.int32)
-            self.stamp = 0
-        self.stamp += 1
-        return self.stamps, self.stamp
+    def mark(self, order: IntArray, lo: int, hi: int, parent: IntArray, bans: BoolArray) -> None:
+        """Set :attr:`marks` to the leaves ``order[lo:hi]`` and their ancestors, first clearing
+        the previous request's marks by walking the same paths: O(marked nodes), not O(N)."""
+        if self._marked is not None:
+            last, last_lo, last_hi = self._marked
+            kernels.mark_ancestors(last, last_lo, last_hi, parent, _NO_BANS, self.marks, False)
+        self._marked = (order, lo, hi)
+        kernels.mark_ancestors(order, lo, hi, parent, bans, self.marks, True)
 
 
 class DecodeTree:
@@ -201,22 +249,19 @@ class DecodeTree:
         self._exact = None if vocab is None else _PrefixIndex(self.vocab or [])
         self._folded = None if vocab is None else _PrefixIndex([w.casefold() for w in vocab])
         self.max_children = tree.max_children
+        self.num_words = tree.num_leaves
+        self.hidden_size = int(self.weight.shape[1])
+        self.hidden_shape = (self.hidden_size,)
         self.arrays = (tree.child_ptr, tree.children, self.weight, self.bias)
         """The model as the kernels take it."""
         self._local = threading.local()
-        self._shared_marks = _SharedMarks(tree.parent, SHARED_MARKS_BYTES)
+        self._shared_marks = _SharedMarks(
+            tree.parent, SHARED_MARKS_BYTES, self._folded, SHARED_MARKS_MIN_WORDS
+        )
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> DecodeTree:
         return cls(bundle.tree, bundle.weight, bundle.bias, bundle.vocab)
-
-    @property
-    def num_words(self) -> int:
-        return self.tree.num_leaves
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.weight.shape[1])
 
     def ban_mask(self, ids: Iterable[int]) -> BoolArray:
         """A ``(V,)`` mask with ``True`` at ``ids``: words never suggested. Build it once."""
@@ -243,14 +288,14 @@ class DecodeTree:
         return scratch
 
 
-FilterArgs = tuple[IntArray, int, int, BoolArray, npt.NDArray[np.int32], int, float]
+FilterArgs = tuple[IntArray, int, int, BoolArray, MarkArray, float]
 """A request's constraints as the kernels take them (empty arrays mean "off"):
-``(leaf_rank, lo, hi, banned, node_stamp, stamp, min_logprob)``."""
+``(leaf_rank, lo, hi, banned, node_marks, min_logprob)``."""
 
 
 SearchArgs = tuple[
     IntArray, IntArray, F32Array, F32Array, F32Array, int,
-    IntArray, int, int, BoolArray, npt.NDArray[np.int32], int, float,
+    IntArray, int, int, BoolArray, MarkArray, float,
 ]  # fmt: skip
 """The kernels' leading arguments: the model (:attr:`DecodeTree.arrays`), ``h``, ``V`` and the
 :data:`FilterArgs`."""
@@ -271,25 +316,29 @@ def _make_filter(
         raise ValueError(f"banned must be a ({dt.num_words},) bool mask, got shape {banned.shape}")
     min_lp = math.log(min_prob) if min_prob > 0.0 else -math.inf
     if not prefix:
-        return _NO_RANKS, 0, dt.num_words, bans, _NO_STAMPS, 0, min_lp
+        return _NO_RANKS, 0, dt.num_words, bans, _NO_MARKS, min_lp
     index, key = dt._prefix_index(prefix, case_insensitive)
     lo, hi = index.range(key)
     if hi - lo > MARK_LIMIT:  # marking would cost more than filtering popped leaves
-        return index.rank, lo, hi, bans, _NO_STAMPS, 0, min_lp
+        return index.rank, lo, hi, bans, _NO_MARKS, min_lp
     if hi - lo >= SHARED_MARKS_MIN_WORDS:
         marks = dt._shared_marks.get(index, key, case_insensitive, lo, hi)
-        return index.rank, lo, hi, bans, marks, 1, min_lp
-    stamps, stamp = dt._scratch().next_stamp()
-    kernels.mark_ancestors(index.order, lo, hi, dt.tree.parent, bans, stamps, stamp)
-    return index.rank, lo, hi, bans, stamps, stamp, min_lp
+        return index.rank, lo, hi, bans, marks, min_lp
+    scratch = dt._scratch()
+    scratch.mark(index.order, lo, hi, dt.tree.parent, bans)
+    return index.rank, lo, hi, bans, scratch.marks, min_lp
+
+
+_F32 = np.dtype(np.float32)
 
 
 def _as_hidden(dt: DecodeTree, hidden: npt.NDArray[np.floating]) -> F32Array:
-    if hidden.dtype == np.float32 and hidden.flags.c_contiguous:
-        h: F32Array = hidden  # the common case, checked without a call into numpy
-    else:
-        h = np.ascontiguousarray(hidden, dtype=np.float32)
-    if h.shape != (dt.hidden_size,):
+    # The common case (a float32 row from the encoder) is checked with attribute lookups only:
+    # this runs on every search, and a call into numpy costs as much as a tenth of one.
+    if hidden.dtype is _F32 and hidden.shape == dt.hidden_shape and hidden.flags.c_contiguous:
+        return hidden
+    h = np.ascontiguousarray(hidden, dtype=np.float32)
+    if h.shape != dt.hidden_shape:
         raise ValueError(f"hidden must have shape ({dt.hidden_size},), got {h.shape}")
     return h
 
@@ -372,7 +421,7 @@ def _resume(
             stop = min(cap, stop + CHUNK_EXPANSIONS)
         size, n_out, expansions, mass = kernels.best_first(
             *fixed, scratch.heap_lp, scratch.heap_node, size,
-            out_ids, out_lp, n_out, k, expansions, stop, scratch.buf,
+            out_ids, out_lp, n_out, k, expansions, mass, stop, scratch.buf,
         )  # fmt: skip
     return TopK(out_ids[:n_out], out_lp[:n_out], expansions, exact, mass)
 
@@ -491,10 +540,10 @@ def _warm_up_continuation(dt: DecodeTree, h: F32Array, prefix: str | None) -> No
     scratch = dt._scratch()
     out_ids = np.empty(1, dtype=np.int64)
     out_lp = np.empty(1, dtype=np.float64)
-    size, n_out, expansions, _ = kernels.start_search(
+    size, n_out, expansions, mass = kernels.start_search(
         *fixed, scratch.heap_lp, scratch.heap_node, out_ids, out_lp, 1, 1, scratch.buf
     )
     kernels.best_first(
         *fixed, scratch.heap_lp, scratch.heap_node, size,
-        out_ids, out_lp, n_out, 1, expansions, expansions + 1, scratch.buf,
+        out_ids, out_lp, n_out, 1, expansions, mass, expansions + 1, scratch.buf,
     )  # fmt: skip

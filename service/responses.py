@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 
 
@@ -22,8 +23,13 @@ class ApiError(Exception):
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # ASCII escapes keep the body valid UTF-8 even for lone surrogates that JSON input may carry.
-    content = json.dumps(body, separators=(",", ":")).encode()
+    # orjson takes ~1 µs for a suggestion body, json.dumps ~15 µs. orjson refuses strings that
+    # are not valid UTF-8, i.e. lone surrogates that JSON input may carry (a /v1/score candidate
+    # is echoed back): those bodies go through json's ASCII escapes instead.
+    try:
+        content = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        content = json.dumps(body, separators=(",", ":")).encode()
     return Response(content, status, headers, media_type="application/json")
 
 

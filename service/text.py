@@ -135,13 +135,28 @@ def tokenize(text: str) -> list[str]:
 
 
 def _tokenize_clean(clean: str) -> list[str]:
-    """:func:`tokenize` of text that :func:`_clean` has already seen."""
-    words = clean.split()
+    """:func:`tokenize` of text that :func:`_clean` has already seen.
+
+    The text before its last word comes from a cache: successive keystrokes share it (only the
+    last word changes while it is typed), and walking its words cost ~40 µs for a paragraph.
+    The cache holds at most 1024 heads: ~30 MB at the default ``max_text_chars`` of 10,000.
+    """
+    parts = clean.rsplit(None, 1)
+    if len(parts) < 2:
+        return list(_tokenize_word(parts[0], False)) if parts else []
+    head, last = parts
+    return [*_tokenize_words(head, last[:1].isdigit()), *_tokenize_word(last, False)]
+
+
+@functools.lru_cache(maxsize=1 << 10)
+def _tokenize_words(text: str, before_digit: bool) -> tuple[str, ...]:
+    """The tokens of ``text``'s words; ``before_digit``: the word after them starts with one."""
+    words = text.split()
     tokens: list[str] = []
     for i, word in enumerate(words):
-        before_digit = i + 1 < len(words) and words[i + 1][:1].isdigit()
-        tokens += _tokenize_word(word, before_digit)
-    return tokens
+        next_digit = words[i + 1][:1].isdigit() if i + 1 < len(words) else before_digit
+        tokens += _tokenize_word(word, next_digit)
+    return tuple(tokens)
 
 
 @functools.lru_cache(maxsize=1 << 16)

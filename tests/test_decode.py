@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import decode
+from service import decode_kernels as kernels
 from service.decode import DecodeTree, beam_search, brute_force_log_probs, top_k, word_log_probs
 from service.tree import Tree
 
@@ -202,18 +203,23 @@ def test_batched_brute_force_matches_rows() -> None:
     k=st.integers(1, 8),
     prefix=st.text(ALPHABET + "0123456789", max_size=3),
     case_insensitive=st.booleans(),
-    marking=st.sampled_from(["per_request", "shared", "leaf_filter"]),
+    marking=st.sampled_from(["per_request", "shared", "preloaded", "leaf_filter"]),
 )
 def test_prefix_completion_equals_filtered_brute_force(
     case: Case, k: int, prefix: str, case_insensitive: bool, marking: str
 ) -> None:
-    # Each path is forced in turn: marks built per request (few matching words), shared cached
-    # marks (popular prefixes), filtering at the leaves (prefixes matching very many words).
+    # Each path is forced in turn: marks built per request (few matching words), shared marks
+    # built on first use or preloaded (popular prefixes), filtering at the leaves (prefixes
+    # matching very many words).
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(decode, "MARK_LIMIT", 0 if marking == "leaf_filter" else decode.MARK_LIMIT)
-        patch.setattr(decode, "SHARED_MARKS_MIN_WORDS", 1 if marking == "shared" else 1 << 30)
-        result = top_k(case.dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
-        again = top_k(case.dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
+        shared = marking in ("shared", "preloaded")
+        patch.setattr(decode, "SHARED_MARKS_MIN_WORDS", 1 if shared else 1 << 30)
+        dt = case.dt
+        if marking == "preloaded":  # built with the threshold at 1: every prefix preloaded
+            dt = DecodeTree(dt.tree, dt.weight, dt.bias, dt.vocab)
+        result = top_k(dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
+        again = top_k(dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
     assert again.ids.tolist() == result.ids.tolist()  # a second use of cached marks agrees
     expected = prefix_scores(case, prefix, case_insensitive)
     assert_exact_top(result, expected, k)
@@ -436,23 +442,71 @@ def test_search_resumes_after_growing_a_tiny_heap(case: Case, k: int) -> None:
         assert_exact_top(top_k(fresh, case.hidden, k), case.brute, k)
 
 
-def test_shared_marks_are_an_lru_within_their_memory() -> None:
-    rng = np.random.default_rng(5)
-    tree = merge_tree(12, 2, rng)
-    dt = DecodeTree(tree, *make_weights("gaussian", 11, 3, rng), make_vocab(12, rng))
-    marks = decode._SharedMarks(tree.parent, max_bytes=2 * 4 * tree.num_nodes)
-    assert marks.capacity == 2
-    index = dt._folded
-    assert index is not None
+def marked_nodes(marks: npt.NDArray[np.uint64], num_nodes: int) -> npt.NDArray[np.int64]:
+    bits = np.unpackbits(marks.view(np.uint8), bitorder="little")[:num_nodes]
+    return np.flatnonzero(bits)
 
-    def get(key: str) -> npt.NDArray[np.int32]:
-        return marks.get(index, key, True, *index.range(key))
+
+def test_popular_prefixes_are_every_prefix_with_enough_words() -> None:
+    rng = np.random.default_rng(4)
+    vocab = make_vocab(300, rng)
+    index = decode._PrefixIndex([w.casefold() for w in vocab])
+    for min_words in (1, 3, 20):
+        counts: dict[str, int] = {}
+        for word in vocab:
+            for end in range(1, len(word) + 1):
+                counts[word.casefold()[:end]] = counts.get(word.casefold()[:end], 0) + 1
+        expected = {p for p, n in counts.items() if n >= min_words}
+        found = index.popular(min_words)
+        assert {p for p, _, _ in found} == expected
+        assert all(index.range(p) == (lo, hi) for p, lo, hi in found)
+        sizes = [hi - lo for _, lo, hi in found]
+        assert sizes == sorted(sizes, reverse=True)  # most words first
+
+
+def test_shared_marks_preload_popular_prefixes_and_keep_an_lru_of_others() -> None:
+    rng = np.random.default_rng(5)
+    tree = merge_tree(40, 2, rng)
+    dt = DecodeTree(tree, *make_weights("gaussian", 39, 3, rng), make_vocab(40, rng))
+    folded, exact = dt._folded, dt._exact
+    assert folded is not None
+    assert exact is not None
+    words = kernels.marks_words(tree.num_nodes)
+    marks = decode._SharedMarks(tree.parent, 8 * words * 6, folded, min_words=4)
+    popular = folded.popular(4)[:3]  # half of the six slots
+    assert len(popular) == 3
+    assert marks.capacity == 3
+    for key, lo, hi in popular:
+        got = marks.get(folded, key, True, lo, hi)
+        assert got is marks.get(folded, key, True, lo, hi)  # preloaded: the same array
+        matching = {i for i, w in enumerate(dt.vocab or []) if w.casefold().startswith(key)}
+        nodes = set(marked_nodes(got, tree.num_nodes).tolist())
+        assert {n for n in nodes if n < tree.num_leaves} == matching
+        assert all(tree.parent[n] in nodes for n in nodes if n != tree.root)  # ancestors too
+
+    def get(key: str) -> npt.NDArray[np.uint64]:
+        return marks.get(exact, key, False, *exact.range(key))
 
     first = get("a")
     assert get("a") is first  # a hit returns the same array
     get("b")
+    get("c")
     get("@")
-    assert len(marks._marks) == 2
+    assert len(marks._recent) == 3
     assert get("a") is not first  # evicted, so built again
-    matching = [i for i, word in enumerate(dt.vocab or []) if word.casefold().startswith("a")]
-    assert sorted(np.flatnonzero(first[: tree.num_leaves]).tolist()) == matching
+    assert np.array_equal(get("a"), first)
+
+
+def test_request_marks_are_cleared_between_requests() -> None:
+    rng = np.random.default_rng(6)
+    tree = merge_tree(50, 2, rng)
+    dt = DecodeTree(tree, *make_weights("gaussian", 49, 3, rng), make_vocab(50, rng))
+    index = dt._folded
+    assert index is not None
+    scratch = dt._scratch()
+    for key in ("a", "b", "ab", "", "c"):
+        lo, hi = index.range(key)
+        scratch.mark(index.order, lo, hi, tree.parent, decode._NO_BANS)
+        fresh = np.zeros_like(scratch.marks)
+        kernels.mark_ancestors(index.order, lo, hi, tree.parent, decode._NO_BANS, fresh, True)
+        assert np.array_equal(scratch.marks, fresh)
