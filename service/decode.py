@@ -255,6 +255,7 @@ class DecodeTree:
         self.arrays = (tree.child_ptr, tree.children, self.weight, self.bias)
         """The model as the kernels take it."""
         self._local = threading.local()
+        self._start_search: Callable[..., tuple[int, int, int, float]] = self._first_search
         self._shared_marks = _SharedMarks(
             tree.parent, SHARED_MARKS_BYTES, self._folded, SHARED_MARKS_MIN_WORDS
         )
@@ -280,6 +281,13 @@ class DecodeTree:
         if case_insensitive:
             return self._folded, prefix.casefold()
         return self._exact, prefix
+
+    def _first_search(self, *args: object) -> tuple[int, int, int, float]:
+        """:func:`kernels.start_search` on the first search; it then calls its entry point
+        directly (:func:`kernels.entry_point`). :func:`top_k` validates what callers hand it
+        (``hidden``, ``banned``) and builds everything else, so the types never change."""
+        self._start_search = kernels.entry_point(kernels.start_search, args)
+        return self._start_search(*args)
 
     def _scratch(self) -> _Scratch:
         scratch: _Scratch | None = getattr(self._local, "scratch", None)
@@ -379,9 +387,9 @@ def top_k(
     cap = _UNLIMITED if max_expansions is None else max(int(max_expansions), 0)
     stop = cap if deadline is None or cap <= CHUNK_EXPANSIONS else CHUNK_EXPANSIONS
     scratch = dt._scratch()
-    out_ids = np.empty(k, dtype=np.int64)  # fresh: the result keeps views of these
-    out_lp = np.empty(k, dtype=np.float64)
-    size, n_out, expansions, mass = kernels.start_search(
+    out_ids = np.empty(k, np.int64)  # fresh: the result keeps views of these
+    out_lp = np.empty(k, np.float64)
+    size, n_out, expansions, mass = dt._start_search(
         *fixed, scratch.heap_lp, scratch.heap_node, out_ids, out_lp, k, stop, scratch.buf
     )
     if n_out < k and size > 0:  # the first call stopped before the search ended

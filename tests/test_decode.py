@@ -510,3 +510,34 @@ def test_request_marks_are_cleared_between_requests() -> None:
         fresh = np.zeros_like(scratch.marks)
         kernels.mark_ancestors(index.order, lo, hi, tree.parent, decode._NO_BANS, fresh, True)
         assert np.array_equal(scratch.marks, fresh)
+
+
+def test_every_kind_of_search_after_the_first_is_exact() -> None:
+    # The first search fixes the argument types of the kernel's entry point, which later
+    # searches call without type checks: every filter and input form must keep those types.
+    rng = np.random.default_rng(7)
+    tree = merge_tree(300, 3, rng)
+    dt = DecodeTree(tree, *make_weights("gaussian", 299, 5, rng), make_vocab(300, rng))
+    hidden = rng.standard_normal(5).astype(np.float32)
+    brute = brute_force_log_probs(dt, hidden)
+    assert_exact_top(top_k(dt, hidden, 5), brute, 5)
+    assert dt._start_search is not dt._first_search
+    readonly = hidden.copy()
+    readonly.flags.writeable = False
+    banned = np.zeros(600, dtype=bool)[::2]  # not contiguous
+    banned[brute.argmax()] = True
+    index = dt._folded
+    assert index is not None
+    shared = max(index.popular(decode.SHARED_MARKS_MIN_WORDS), key=lambda entry: entry[2])[0]
+    assert_exact_top(top_k(dt, readonly, np.int64(4)), brute, 4)  # type: ignore[arg-type]
+    assert_exact_top(top_k(dt, hidden.astype(np.float64), 3), brute, 3)
+    assert_exact_top(top_k(dt, hidden, 6, banned=banned), np.where(banned, -np.inf, brute), 6)
+    for prefix in ("a", shared):  # marked per request, then from the shared marks
+        scores = np.where(prefix_mask(dt, prefix), brute, -np.inf)
+        assert_exact_top(top_k(dt, hidden, 3, prefix=prefix), scores, 3)
+    above = np.where(brute >= math.log(0.01), brute, -np.inf)
+    assert_exact_top(top_k(dt, hidden, 8, min_prob=0.01), above, 8)
+
+
+def prefix_mask(dt: DecodeTree, prefix: str) -> npt.NDArray[np.bool_]:
+    return np.array([w.casefold().startswith(prefix.casefold()) for w in dt.vocab or []])
