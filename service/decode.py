@@ -249,6 +249,7 @@ class DecodeTree:
         self._exact = None if vocab is None else _PrefixIndex(self.vocab or [])
         self._folded = None if vocab is None else _PrefixIndex([w.casefold() for w in vocab])
         self.max_children = tree.max_children
+        self.max_depth = int(tree.depths.max())
         self.num_words = tree.num_leaves
         self.hidden_size = int(self.weight.shape[1])
         self.hidden_shape = (self.hidden_size,)
@@ -421,7 +422,7 @@ def _resume(
         elif expansions >= cap or (deadline is not None and time.perf_counter() >= deadline):
             n_out, expansions = kernels.greedy_fill(
                 *fixed, scratch.heap_lp, scratch.heap_node, size,
-                out_ids, out_lp, n_out, k, expansions, scratch.buf,
+                out_ids, out_lp, n_out, k, expansions, (k - n_out) * dt.max_depth, scratch.buf,
             )  # fmt: skip
             exact = False
             break

@@ -331,22 +331,25 @@ def greedy_fill(
     n_out: int,
     k: int,
     expansions: int,
+    budget: int,
     buf: F64Array,
 ) -> tuple[int, int]:
     """After an early stop, fill the free slots by greedy descents from the best frontier nodes.
 
-    Each descent follows the most probable admissible child down to a leaf (at most ``depth``
-    expansions), so the cost is bounded by ``free slots * depth``. Descents start from distinct
-    frontier nodes, so the words are distinct; a descent that dead-ends is dropped. The filled
-    words are sorted by probability among themselves (they all rank below the exact ones).
-    Returns ``(n_out, expansions)``.
+    Each descent follows the most probable admissible child down to a leaf. Descents start
+    from distinct frontier nodes, so the words are distinct. A descent can dead-end (a subtree
+    whose words are all banned), so the descents share a ``budget`` of expansions (the caller
+    gives free slots * tree depth: one full descent per slot) and may leave slots empty when
+    it runs out. The filled words are sorted by probability among themselves (they all rank
+    below the exact ones). Returns ``(n_out, expansions)``.
     """
     first_fill = n_out
-    while size > 0 and n_out < k:
+    limit = expansions + budget
+    while size > 0 and n_out < k and expansions < limit:
         node = heap_node[0]
         lp = heap_lp[0]
         size = heap_pop(heap_lp, heap_node, size)
-        while node >= num_leaves:
+        while node >= num_leaves and expansions < limit:
             expansions += 1
             index = node - num_leaves
             count = child_log_probs(child_ptr, weight, bias, h, index, lp, buf)
@@ -360,7 +363,7 @@ def greedy_fill(
                     best = child
                     lp = buf[j]
             node = best
-        if node >= 0:
+        if 0 <= node < num_leaves:  # not a dead end, nor cut short by the budget
             out_ids[n_out] = node
             out_lp[n_out] = lp
             n_out += 1

@@ -307,6 +307,18 @@ def test_expansion_cap_gives_a_valid_bound(case: Case, k: int, cap: int, share: 
         assert result.expansions <= cap + k * int(case.dt.tree.depths.max())
 
 
+def test_greedy_fill_stops_at_its_budget_when_descents_dead_end() -> None:
+    rng = np.random.default_rng(8)
+    dt = DecodeTree(merge_tree(200, 2, rng), *make_weights("gaussian", 199, 4, rng))
+    hidden = rng.standard_normal(4).astype(np.float32)
+    brute = brute_force_log_probs(dt, hidden)
+    banned = np.ones(200, dtype=bool)
+    banned[brute.argmin()] = False  # one allowed word, below nearly every frontier node
+    result = top_k(dt, hidden, 3, banned=banned, max_expansions=1)
+    assert_valid_partial(result, np.where(banned, -np.inf, brute), 3)
+    assert 1 < result.expansions <= 1 + 3 * dt.max_depth
+
+
 @SETTINGS
 @given(case=cases(), k=st.integers(1, 8))
 def test_passed_deadline_stops_after_one_chunk(case: Case, k: int) -> None:
