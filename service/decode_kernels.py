@@ -204,7 +204,7 @@ def heap_replace_top(
         child = 2 * pos + 1
         if child >= size:
             break
-        child += np.int64(heap_lp[child + 1] > heap_lp[child])
+        child += int(heap_lp[child + 1] > heap_lp[child])
         if heap_lp[child] <= lp:
             break
         heap_lp[pos] = heap_lp[child]
