@@ -178,7 +178,7 @@ apt_mirror() {  # the Debian mirror apt uses here (not the security archive)
         grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2> /dev/null | awk '{ print $2 }'
         grep -hE '^[[:space:]]*deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
             2> /dev/null | grep -oE 'https?://[^ ]+' || true
-    } | grep -v -- '-security' | head -1
+    } | awk '!/-security/ && !found { print; found = 1 }'  # reads all: no SIGPIPE upstream
 }
 
 make_base_tarball() {  # debootstrap once; the tarball is reused by later runs
@@ -293,7 +293,7 @@ run_locust() {
 }
 
 check_health_and_stop() {
-    local health status
+    local health status logs
     for _ in $(seq 30); do
         health=$(docker inspect --format '{{.State.Health.Status}}' "$container")
         [[ $health == healthy ]] && break
@@ -305,8 +305,11 @@ check_health_and_stop() {
     # when the lifespan shutdown completed first.
     docker stop --time 30 "$container" > /dev/null
     status=$(docker inspect --format '{{.State.ExitCode}}' "$container")
-    if [[ $status != 0 && $status != 143 ]] \
-        || ! docker logs "$container" 2>&1 | grep -q "Application shutdown complete"; then
+    # Read the logs whole, not through `| grep -q`: grep exits at the first match, and under
+    # pipefail the SIGPIPE that docker logs then gets (when lines follow the match) fails the
+    # check at random.
+    logs=$(docker logs "$container" 2>&1)
+    if [[ $status != 0 && $status != 143 ]] || [[ $logs != *"Application shutdown complete"* ]]; then
         die "no clean shutdown after SIGTERM (exit status $status)"
     fi
     log "HEALTHCHECK healthy; SIGTERM -> graceful shutdown, exit status $status"
