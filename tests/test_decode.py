@@ -463,11 +463,11 @@ def test_popular_prefixes_are_every_prefix_with_enough_words() -> None:
     rng = np.random.default_rng(4)
     vocab = make_vocab(300, rng)
     index = decode._PrefixIndex([w.casefold() for w in vocab])
+    counts: dict[str, int] = {}
+    for word in vocab:
+        for end in range(1, len(word) + 1):
+            counts[word.casefold()[:end]] = counts.get(word.casefold()[:end], 0) + 1
     for min_words in (1, 3, 20):
-        counts: dict[str, int] = {}
-        for word in vocab:
-            for end in range(1, len(word) + 1):
-                counts[word.casefold()[:end]] = counts.get(word.casefold()[:end], 0) + 1
         expected = {p for p, n in counts.items() if n >= min_words}
         found = index.popular(min_words)
         assert {p for p, _, _ in found} == expected
@@ -540,16 +540,13 @@ def test_every_kind_of_search_after_the_first_is_exact() -> None:
     banned[brute.argmax()] = True
     index = dt._folded
     assert index is not None
-    shared = max(index.popular(decode.SHARED_MARKS_MIN_WORDS), key=lambda entry: entry[2])[0]
+    shared = index.popular(decode.SHARED_MARKS_MIN_WORDS)[0][0]  # the prefix with most words
     assert_exact_top(top_k(dt, readonly, np.int64(4)), brute, 4)  # type: ignore[arg-type]
     assert_exact_top(top_k(dt, hidden.astype(np.float64), 3), brute, 3)
     assert_exact_top(top_k(dt, hidden, 6, banned=banned), np.where(banned, -np.inf, brute), 6)
+    case = Case(dt, hidden, brute, rng)
     for prefix in ("a", shared):  # marked per request, then from the shared marks
-        scores = np.where(prefix_mask(dt, prefix), brute, -np.inf)
+        scores = prefix_scores(case, prefix, case_insensitive=True)
         assert_exact_top(top_k(dt, hidden, 3, prefix=prefix), scores, 3)
     above = np.where(brute >= math.log(0.01), brute, -np.inf)
     assert_exact_top(top_k(dt, hidden, 8, min_prob=0.01), above, 8)
-
-
-def prefix_mask(dt: DecodeTree, prefix: str) -> npt.NDArray[np.bool_]:
-    return np.array([w.casefold().startswith(prefix.casefold()) for w in dt.vocab or []])
