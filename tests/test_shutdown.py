@@ -1,9 +1,13 @@
 """Graceful shutdown: SIGTERM under load loses no request the server had already received.
 
 The real server (``python -m service serve``) runs on the tiny bundle; client threads keep
-requests in flight on keep-alive connections (long texts, no session, phrases: each takes a
-while, and the server's one request thread queues them for a few hundred ms). SIGTERM arrives
-mid-load. Every request sent before the signal (by ``MARGIN_S``, time for the event loop to have
+requests in flight on keep-alive connections (long texts, no session and no context cache, so
+each request encodes the whole text; phrases: each takes a while, and the server's one request
+thread queues them for a few hundred ms). SIGTERM is sent only once enough requests have been
+outstanding for longer than ``MARGIN_S`` (observed by the clients), so the precondition below
+does not depend on how fast this machine happens to serve them.
+
+Every request sent before the signal (by ``MARGIN_S``, time for the event loop to have
 read it) must get a 200 with a full body; requests sent around or after it may be refused, since
 the server stops accepting, but never answered with an error status. The queue is longer than
 uvicorn's fixed 0.1 s pause before its graceful timeout, so a server that did not wait for
@@ -35,6 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKERS = 32
 MARGIN_S = 0.02
 LOAD_BEFORE_SIGNAL_S = 1.0
+# Signal when at least this many clients have had a request outstanding for > MARGIN_S: enough
+# margin over the WORKERS // 2 the test requires for a few to finish between check and signal.
+READY_IN_FLIGHT = WORKERS * 3 // 4
+READY_TIMEOUT_S = 30.0
 GRACE_S = 10.0
 TEXT = "The game was played at the stadium in front of a large crowd , and " * 120
 
@@ -65,6 +73,9 @@ def server(tiny_bundle: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen
         # One request thread: the in-flight requests queue for longer than uvicorn's fixed 0.1 s
         # pause before its graceful timeout starts, so a server that did not wait would fail.
         "NEXTWORD_REQUEST_THREADS": "1",
+        # Every request encodes its whole text: a cached context would make them so fast that
+        # few stay in flight for MARGIN_S (the cause of this test's former flakiness).
+        "NEXTWORD_CONTEXT_CACHE_SIZE": "0",
         "PYTHONPATH": str(ROOT),
     }
     log = (tmp_path / "server.log").open("wb")
@@ -100,26 +111,43 @@ def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
     pytest.fail(f"the server was not ready in 120 s: {log.read_text()}")
 
 
-def client(port: int, stop: threading.Event, outcomes: list[Outcome]) -> None:
-    """Send requests back to back on one keep-alive connection until the server goes away."""
+def client(
+    port: int, stop: threading.Event, outcomes: list[Outcome], pending: list[float | None], me: int
+) -> None:
+    """Send requests back to back on one keep-alive connection until the server goes away;
+    ``pending[me]`` holds when the outstanding request was sent (None between requests)."""
     body = json.dumps({"text": TEXT, "k": 5, "max_words": 3})
     headers = {"content-type": "application/json"}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while not stop.is_set():
         sent = time.monotonic()
+        pending[me] = sent
         try:
             connection.request("POST", "/v1/suggest", body, headers)
             response = connection.getresponse()
             payload = response.read()
         except (OSError, http.client.HTTPException):
+            pending[me] = None
             outcomes.append(Outcome(sent, time.monotonic(), None, False))
             connection.close()
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             time.sleep(0.01)
             continue
+        pending[me] = None
         complete = response.status == 200 and bool(json.loads(payload)["suggestions"])
         outcomes.append(Outcome(sent, time.monotonic(), response.status, complete))
     connection.close()
+
+
+def wait_in_flight(pending: list[float | None]) -> None:
+    """Return once READY_IN_FLIGHT clients have had a request outstanding for over MARGIN_S."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        aged = time.monotonic() - MARGIN_S
+        if sum(1 for sent in list(pending) if sent is not None and sent < aged) >= READY_IN_FLIGHT:
+            return
+        time.sleep(0.001)
+    pytest.fail(f"fewer than {READY_IN_FLIGHT} requests were ever in flight for {MARGIN_S} s")
 
 
 def test_sigterm_under_load_finishes_in_flight_requests(
@@ -128,13 +156,15 @@ def test_sigterm_under_load_finishes_in_flight_requests(
     process, port = server
     stop = threading.Event()
     outcomes: list[Outcome] = []
+    pending: list[float | None] = [None] * WORKERS
     threads = [
-        threading.Thread(target=client, args=(port, stop, outcomes), daemon=True)
-        for _ in range(WORKERS)
+        threading.Thread(target=client, args=(port, stop, outcomes, pending, i), daemon=True)
+        for i in range(WORKERS)
     ]
     for thread in threads:
         thread.start()
     time.sleep(LOAD_BEFORE_SIGNAL_S)
+    wait_in_flight(pending)
 
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
