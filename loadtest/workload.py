@@ -78,7 +78,10 @@ def check_suggestions(body: dict[str, Any], k: int, max_words: int) -> str | Non
         return f"{len(items)} suggestions for k={k}"
     partial = str(body.get("partial_word", "")).casefold()
     probs = [item.get("prob", -1.0) for item in items]
-    if any(not 0.0 < p <= 1.0 for p in probs) or probs != sorted(probs, reverse=True):
+    # Phrases come by probability; single words by the keyboard ranking (service/policy.py),
+    # which may put a lowercase word before a more probable capitalised one.
+    ranked = max_words == 1 or probs == sorted(probs, reverse=True)
+    if any(not 0.0 < p <= 1.0 for p in probs) or not ranked:
         return f"probabilities {probs}"
     for item in items:
         text = str(item.get("text", ""))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -19,8 +20,10 @@ import numpy.typing as npt
 from service import decode
 from service.batcher import Batcher
 from service.bundle import Bundle
-from service.sessions import ContextCache, EncodedText, SessionCache
-from service.text import detokenize, display_token, split_typed, tokenize
+from service.policy import PolicyConfig, SuggestionPolicy
+from service.session_words import SessionWords
+from service.sessions import ContextCache, EncodedText, SessionCache, Shown
+from service.text import UNK, detokenize, display_token, split_typed, tokenize
 
 Tokens = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float32]
@@ -32,6 +35,7 @@ class PredictorOptions:
     max_expansions: int = 200_000
     default_budget_ms: float = 20.0
     block_list: tuple[str, ...] = ()
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,22 @@ class Score:
     in_vocab: bool
 
 
+class _Found(NamedTuple):
+    """Suggestions and how the search went (the fields :class:`Suggested` reports)."""
+
+    suggestions: list[Suggestion]
+    expansions: int
+    exact: bool
+    unexplored_mass: float
+
+
 @dataclass(frozen=True)
 class _Context:
-    """A text read up to its partly typed word: the ids it encodes and the word's prefix."""
+    """A text read up to its partly typed word: the ids it encodes (``<eos>`` first), their
+    tokens and the word's prefix."""
 
     ids: Tokens
+    tokens: list[str]
     prefix: str
 
 
@@ -107,8 +122,9 @@ class Predictor:
         self.eos_id = bundle.eos_id
         self.unk_id = bundle.unk_id
         blocked = blocked_ids(bundle.vocab, options.block_list)
-        self.banned = decode_tree.ban_mask([self.unk_id, self.eos_id, *blocked])
-        self.banned_but_eos = decode_tree.ban_mask([self.unk_id, *blocked])
+        self.policy = SuggestionPolicy(
+            bundle.vocab, [self.unk_id, *blocked], self.eos_id, options.policy
+        )
 
     # -- /v1/suggest -------------------------------------------------------------------------
 
@@ -122,8 +138,11 @@ class Predictor:
         session_id: str | None = None,
         budget_ms: float | None = None,
         include_eos: bool = False,
+        include_punctuation: bool = False,
+        reoffer: bool | None = None,
     ) -> Suggested:
-        """Top-k completions of the partly typed word, or next words / phrases."""
+        """Top-k completions of the partly typed word, or next words / phrases, under the
+        suggestion policy (:mod:`service.policy`); ``reoffer=None`` takes its default."""
         start = time.perf_counter()
         budget = self.options.default_budget_ms if budget_ms is None else budget_ms
         deadline = start + budget / 1000.0
@@ -131,28 +150,38 @@ class Predictor:
         tokenized = time.perf_counter()
         encoded, reused = self._encode_context(context.ids, session_id)
         encoded_at = time.perf_counter()
-        banned = self.banned_but_eos if include_eos else self.banned
-        result = decode.beam_search(
-            self.tree,
-            self._step,
-            encoded.hidden,
-            encoded.state,
-            max_words=max_words,
-            beam_width=max(self.options.beam_width, k) if max_words > 1 else 1,
-            k=k,
-            min_prob=min_prob,
-            prefix=context.prefix or None,
-            banned=banned,
-            max_expansions=self.options.max_expansions,
-            deadline=deadline,
+        banned = self.policy.banned(
+            context.prefix, include_eos=include_eos, include_punctuation=include_punctuation
         )
+        if max_words == 1:
+            reoffer = self.policy.config.reoffer if reoffer is None else reoffer
+            found = self._words(
+                context, encoded, session_id, k, min_prob, banned, reoffer, deadline
+            )
+        else:
+            result = decode.beam_search(
+                self.tree,
+                self._step,
+                encoded.hidden,
+                encoded.state,
+                max_words=max_words,
+                beam_width=max(self.options.beam_width, k),
+                k=k,
+                min_prob=min_prob,
+                prefix=context.prefix or None,
+                banned=banned,
+                max_expansions=self.options.max_expansions,
+                deadline=deadline,
+            )
+            phrases = [self._phrase(p.ids, p.logprob) for p in result.phrases]
+            found = _Found(phrases, result.expansions, result.exact, result.unexplored_mass)
         done = time.perf_counter()
         return Suggested(
-            suggestions=[self._phrase(p.ids, p.logprob) for p in result.phrases],
+            suggestions=found.suggestions,
             partial_word=context.prefix,
-            exact=result.exact,
-            expansions=result.expansions,
-            unexplored_mass=result.unexplored_mass,
+            exact=found.exact,
+            expansions=found.expansions,
+            unexplored_mass=found.unexplored_mass,
             state_reused=reused,
             timing=Timing(
                 tokenize=_ms(start, tokenized),
@@ -161,6 +190,59 @@ class Predictor:
                 total=_ms(start, done),
             ),
         )
+
+    def _words(
+        self,
+        context: _Context,
+        encoded: EncodedText,
+        session_id: str | None,
+        k: int,
+        min_prob: float,
+        banned: decode.BoolArray,
+        reoffer: bool,
+        deadline: float,
+    ) -> _Found:
+        """One-word suggestions ranked by the policy; the session remembers what it showed."""
+        memory = None if session_id is None else self.sessions.memory(session_id)
+        shown = None if memory is None or reoffer else memory.shown
+        held = self.policy.held_back(shown, context.ids, context.prefix)
+        config = self.policy.config
+        extra = []
+        if memory is not None and config.session_words:
+            extra = self._session_words(memory.words, context, encoded)
+
+        def after(ids: Tokens) -> Floats:  # the encoder after the context and each of ids
+            return self._step(ids, np.repeat(encoded.state, len(ids), axis=1))[0]
+
+        ranked = self.policy.top_k(
+            self.tree, encoded.hidden, k, prefix=context.prefix, banned=banned, held=held,
+            sentence_start=self.policy.starts_sentence(context.ids),
+            after=after if config.contractions else None, extra=extra,
+            min_prob=min_prob, max_expansions=self.options.max_expansions, deadline=deadline,
+        )  # fmt: skip
+        if memory is not None:
+            memory.shown = Shown(context.ids, context.prefix, frozenset(ranked.words), held)
+        suggestions = [
+            Suggestion(text=word, tokens=(word,), logprob=lp)
+            if isinstance(word, str)
+            else self._phrase(word, lp)
+            for word, lp in zip(ranked.words, ranked.logprobs, strict=True)
+        ]
+        return _Found(suggestions, ranked.expansions, ranked.exact, ranked.unexplored_mass)
+
+    def _session_words(
+        self, words: SessionWords, context: _Context, encoded: EncodedText
+    ) -> list[tuple[str, float]]:
+        """The session's unknown words that complete the prefix, with their share of
+        ``P(<unk> | context)`` (:mod:`service.session_words`); learns the context's own."""
+        unknown = np.flatnonzero(context.ids[1:] == self.unk_id)
+        if len(unknown):
+            words.update(t for t in (context.tokens[i] for i in unknown) if t != UNK)
+        matching = words.matching(context.prefix) if len(words) else []
+        if not matching:
+            return []
+        unk_lp = float(decode.word_log_probs(self.tree, encoded.hidden, [self.unk_id])[0])
+        return [(word, unk_lp + share) for word, share in matching if word not in self.index]
 
     def _phrase(self, ids: Sequence[int], logprob: float) -> Suggestion:
         tokens = tuple(self.vocab[i] for i in ids)
@@ -232,7 +314,7 @@ class Predictor:
         ids[0] = self.eos_id
         index, unk = self.index, self.unk_id
         ids[1:] = [index.get(token, unk) for token in tokens]
-        return _Context(ids=ids, prefix=prefix)
+        return _Context(ids=ids, tokens=tokens, prefix=prefix)
 
     def _encode_context(self, ids: Tokens, session_id: str | None) -> tuple[EncodedText, bool]:
         """Encode ``ids``, starting from the session's state when ``ids`` extend what it read,

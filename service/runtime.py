@@ -21,6 +21,7 @@ from service.batcher import Batcher
 from service.bundle import Bundle, load_bundle
 from service.encoder import Encoder
 from service.metrics import Metrics
+from service.policy import PolicyConfig
 from service.predictor import Predictor, PredictorOptions
 from service.responses import ApiError
 from service.sessions import ContextCache, SessionCache
@@ -101,6 +102,12 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         max_expansions=settings.max_expansions,
         default_budget_ms=settings.default_budget_ms,
         block_list=tuple(settings.block_list),
+        policy=PolicyConfig(
+            capital_penalty=settings.capital_penalty,
+            reoffer=settings.reoffer,
+            contractions=settings.contractions,
+            session_words=settings.session_words,
+        ),
     )
     sessions = SessionCache(settings.session_cache_size, settings.session_ttl_s)
     contexts = ContextCache(settings.context_cache_size)

@@ -38,6 +38,14 @@ class SuggestRequest(_Request):
         default=None, gt=0.0, le=1000.0, description="decode time budget; best found so far after"
     )
     include_eos: bool = Field(default=False, description="allow <eos> (end of sentence)")
+    include_punctuation: bool = Field(
+        default=False, description='let punctuation (, . " ...) take word slots'
+    )
+    reoffer: bool | None = Field(
+        default=None,
+        description="with a session_id: show again one-word suggestions already shown and passed "
+        "over while typing the same word (null: the server's default, NEXTWORD_REOFFER)",
+    )
 
 
 class ScoreRequest(_Request):

@@ -19,10 +19,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from service.session_words import SessionWords
 
 Tokens = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float32]
@@ -38,6 +40,30 @@ class EncodedText:
 
 
 @dataclass(frozen=True)
+class Shown:
+    """What a session was shown for the word being typed (see :mod:`service.policy`).
+
+    ``context`` holds the token ids before the word, ``prefix`` its typed letters at the last
+    request, ``words`` the words shown then (token ids, or the text of a session word) and
+    ``held`` those it held back.
+    """
+
+    context: Tokens
+    prefix: str
+    words: frozenset[tuple[int, ...] | str]
+    held: frozenset[tuple[int, ...] | str]
+
+
+@dataclass
+class SessionMemory:
+    """What a session keeps besides its encoder state; used by one request at a time (a
+    client types in one place), so it is not locked."""
+
+    shown: Shown | None = None
+    words: SessionWords = field(default_factory=SessionWords)
+
+
+@dataclass(frozen=True)
 class Resume:
     """Where to continue encoding: from ``known`` (or from scratch when None), with ``todo`` ids."""
 
@@ -46,7 +72,8 @@ class Resume:
 
 
 class SessionCache:
-    """LRU of :class:`EncodedText` by session id, with a size cap and a time to live."""
+    """LRU of :class:`EncodedText` by session id, with a size cap and a time to live; each
+    session also has a :class:`SessionMemory`, dropped with it."""
 
     def __init__(
         self, max_size: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
@@ -55,6 +82,8 @@ class SessionCache:
         self.ttl_s = ttl_s
         self._clock = clock
         self._entries: OrderedDict[str, tuple[float, EncodedText]] = OrderedDict()
+        # Same keys as _entries (added and dropped with them), read without renewal.
+        self._memory: dict[str, SessionMemory] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -80,12 +109,21 @@ class SessionCache:
             self._entries[session_id] = (now + self.ttl_s, encoded)
             self._entries.move_to_end(session_id)
             while len(self._entries) > self.max_size:
-                self._entries.popitem(last=False)
+                self._memory.pop(self._entries.popitem(last=False)[0], None)
             self._drop_expired(now)
+
+    def memory(self, session_id: str) -> SessionMemory | None:
+        """The session's memory (None for a session not in the cache: cap 0, or expired)."""
+        with self._lock:
+            item = self._entries.get(session_id)
+            if item is None or item[0] <= self._clock():
+                return None
+            return self._memory.setdefault(session_id, SessionMemory())
 
     def forget(self, session_id: str) -> None:
         with self._lock:
             self._entries.pop(session_id, None)
+            self._memory.pop(session_id, None)
 
     def _get(self, session_id: str) -> EncodedText | None:
         now = self._clock()
@@ -96,6 +134,7 @@ class SessionCache:
             expires, encoded = item
             if expires <= now:
                 del self._entries[session_id]
+                self._memory.pop(session_id, None)
                 return None
             # A use renews the lease, which keeps the order by expiry that _drop_expired needs.
             self._entries[session_id] = (now + self.ttl_s, encoded)
@@ -108,7 +147,7 @@ class SessionCache:
             first = next(iter(self._entries.values()))
             if first[0] > now:
                 break
-            self._entries.popitem(last=False)
+            self._memory.pop(self._entries.popitem(last=False)[0], None)
 
 
 class ContextCache:

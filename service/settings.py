@@ -77,6 +77,25 @@ class Settings(BaseSettings):
     block_list: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="tokens never suggested (comma or space separated)"
     )
+    capital_penalty: float = Field(
+        default=4.0,
+        ge=1.0,
+        le=1e6,
+        description="after a lowercase prefix, a capitalised word ranks as if this many times "
+        "less probable (1: no preference; sentence starts and typed capitals are exempt)",
+    )
+    reoffer: bool = Field(
+        default=False,
+        description="default for requests with a session: show again words passed over while "
+        "typing the same word",
+    )
+    contractions: bool = Field(
+        default=True, description="offer contractions such as don't and it's as one word"
+    )
+    session_words: bool = Field(
+        default=True,
+        description="offer back, within a session, words it typed that the vocabulary lacks",
+    )
     workers: int = Field(
         default=1,
         ge=1,

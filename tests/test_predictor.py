@@ -9,12 +9,15 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from service_fakes import VOCAB, FakeEncoder
+from test_policy import policy_scores
 
 from service import decode
 from service.predictor import Predictor, PredictorOptions, blocked_ids
 from service.text import split_typed
 
 BANNED = {"<eos>", "<unk>"}
+NOT_WORDS = {",", ".", "@-@", "@,@", "'s"}
+"""Punctuation and clitic fragments: never a one-word suggestion by default (service.policy)."""
 
 
 @pytest.fixture
@@ -32,8 +35,20 @@ def _context_log_probs(predictor: Predictor, encoder: FakeEncoder, tokens: list[
     return decode.brute_force_log_probs(predictor.tree, hidden[0, -1])
 
 
-def _ranking(log_probs: np.ndarray, allowed: list[int], k: int) -> list[tuple[str, float]]:
-    best = sorted(allowed, key=lambda i: -log_probs[i])[:k]
+def _policy_ranking(
+    predictor: Predictor, log_probs: np.ndarray, text: str, k: int
+) -> list[tuple[str, float]]:
+    """The default policy's ranking: typed words only, capitals lowered after a lowercase
+    prefix unless a sentence starts (service.policy)."""
+    tokens, prefix = split_typed(text)
+    classes = predictor.policy.classes
+    banned = np.array([w in BANNED for w in VOCAB]) | classes.punctuation | classes.fragment
+    scores = policy_scores(
+        log_probs, VOCAB, prefix, banned=banned, held=frozenset(),
+        penalty=predictor.policy.config.capital_penalty,
+        sentence_start=not tokens or tokens[-1] in {".", "!", "?"},
+    )  # fmt: skip
+    best = sorted(np.flatnonzero(np.isfinite(scores)), key=lambda i: -scores[i])[:k]
     return [(VOCAB[i], float(log_probs[i])) for i in best]
 
 
@@ -48,8 +63,7 @@ def test_next_words_equal_the_brute_force_ranking(
     predictor, encoder = parts
     result = predictor.suggest(text, k=5)
     log_probs = _context_log_probs(predictor, encoder, split_typed(text)[0])
-    allowed = [i for i, w in enumerate(VOCAB) if w not in BANNED]
-    want = _ranking(log_probs, allowed, 5)
+    want = _policy_ranking(predictor, log_probs, text, 5)
     got = _got(result)
     assert [w for w, _ in got] == [w for w, _ in want]
     np.testing.assert_allclose([lp for _, lp in got], [lp for _, lp in want], atol=1e-5)
@@ -65,7 +79,8 @@ def test_partial_word_is_completed_case_insensitively(
     log_probs = _context_log_probs(predictor, encoder, ["the"])
     allowed = [i for i, w in enumerate(VOCAB) if w.lower().startswith("wea")]
     assert {VOCAB[i] for i in allowed} == {"weather", "weak", "wealth", "weapon", "Wealth"}
-    want = _ranking(log_probs, allowed, 10)
+    want = _policy_ranking(predictor, log_probs, "the wea", 10)
+    assert {w for w, _ in want} == {VOCAB[i] for i in allowed}
     got = _got(result)
     assert [w for w, _ in got] == [w for w, _ in want]
     np.testing.assert_allclose([lp for _, lp in got], [lp for _, lp in want], atol=1e-5)
@@ -79,7 +94,8 @@ def test_keystroke_sessions_equal_full_encodes(parts: tuple[Predictor, FakeEncod
     for end in range(len(typed) + 1):
         text = typed[:end]
         encoder.calls.clear()
-        with_session = predictor.suggest(text, k=4, session_id="typing")
+        # reoffer: the plain ranking (what a session holds back is tested in test_policy.py).
+        with_session = predictor.suggest(text, k=4, session_id="typing", reoffer=True)
         session_calls = list(encoder.calls)
         without = predictor.suggest(text, k=4)
         assert [w for w, _ in _got(with_session)] == [w for w, _ in _got(without)]
@@ -143,7 +159,11 @@ def test_score_agrees_with_suggest(parts: tuple[Predictor, FakeEncoder]) -> None
     predictor, _ = parts
     suggested = predictor.suggest("New York was ", k=10)
     scores = {s.candidate: s.logprob for s in predictor.score("New York was ", VOCAB)}
-    ranked = sorted((w for w in VOCAB if w not in BANNED), key=lambda w: -scores[w])[:10]
+    penalty = math.log(predictor.policy.config.capital_penalty)
+    ranked = sorted(
+        (w for w in VOCAB if w not in BANNED | NOT_WORDS),
+        key=lambda w: -(scores[w] - (penalty if w[0].isupper() else 0.0)),
+    )[:10]
     assert [s.tokens[0] for s in suggested.suggestions] == ranked
     for s in suggested.suggestions:
         assert math.isclose(s.logprob, scores[s.tokens[0]], abs_tol=1e-6)
@@ -192,7 +212,7 @@ def test_special_and_blocked_words_are_never_suggested() -> None:
     predictor, _, batcher = make_predictor(PredictorOptions(block_list=("weather", "YORK")))
     try:
         words = {s.tokens[0] for s in predictor.suggest("the ", k=len(VOCAB)).suggestions}
-        assert words == set(VOCAB) - BANNED - {"weather", "York"}
+        assert words == set(VOCAB) - BANNED - NOT_WORDS - {"weather", "York"}
         with_eos = {
             s.tokens[0]
             for s in predictor.suggest("the ", k=len(VOCAB), include_eos=True).suggestions
@@ -212,7 +232,7 @@ def test_two_word_phrases_equal_exhaustive_search() -> None:
     try:
         result = predictor.suggest("New ", k=5, max_words=2)
         first = _context_log_probs(predictor, encoder, ["New"])
-        allowed = [i for i, w in enumerate(VOCAB) if w not in BANNED]
+        allowed = [i for i, w in enumerate(VOCAB) if w not in BANNED | NOT_WORDS]
         seconds = {a: _context_log_probs(predictor, encoder, ["New", VOCAB[a]]) for a in allowed}
         phrases = [
             ((VOCAB[a], VOCAB[b]), first[a] + seconds[a][b])
@@ -243,10 +263,8 @@ def test_odd_text_is_served(parts: tuple[Predictor, FakeEncoder]) -> None:
     predictor, encoder = parts
     result = predictor.suggest("hello \x00\x07 😀 wörld ", k=3)
     log_probs = _context_log_probs(predictor, encoder, split_typed("hello 😀 wörld ")[0])
-    allowed = [i for i, w in enumerate(VOCAB) if w not in BANNED]
-    assert [s.tokens[0] for s in result.suggestions] == [
-        w for w, _ in _ranking(log_probs, allowed, 3)
-    ]
+    want = _policy_ranking(predictor, log_probs, "hello 😀 wörld ", 3)
+    assert [s.tokens[0] for s in result.suggestions] == [w for w, _ in want]
     timing = result.timing
     assert min(timing.tokenize, timing.encode, timing.decode) >= 0.0
     assert timing.total >= timing.tokenize + timing.encode + timing.decode - 1e-6

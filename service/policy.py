@@ -1,0 +1,260 @@
+"""What a keyboard may be shown: typed words only, case that fits, no word shown twice.
+
+The tree ranks vocabulary *tokens*; a suggestion bar shows *typed words*, and every slot a user
+cannot pick costs keystrokes. :class:`SuggestionPolicy` turns the tree's exact ranking into the
+ranking a keyboard shows, and stays exact with respect to it:
+
+* **Word classes** (built once per vocabulary). Punctuation (tokens without a letter or digit:
+  ``,`` ``.`` ``"`` ``@-@``) takes no word slot unless the request asks for it. Clitic fragments
+  (``'s`` ``'t`` ``'m``: WikiText splits ``don't`` as ``don 't``) are never offered as a word,
+  except while the user types one (the partly typed word starts with ``'``, as in ``don'``).
+* **Case.** A typed capital keeps its case: the prefix then matches case-sensitively. A
+  lowercase prefix matches both cases, but a capitalised word ranks as if its probability were
+  :attr:`PolicyConfig.capital_penalty` times smaller, except at a sentence start (the text is
+  empty or its last token ends a sentence), where capitals are what a person types. The
+  probability reported is always the model's own.
+* **No re-offering.** Words already shown for the word being typed and passed over (the user
+  typed another letter instead) are held back for the rest of that word (:class:`Shown`): they
+  rank after every other qualifying word, so they return only to slots nothing else would fill.
+
+Exactness (checked against brute force in tests/test_policy.py). Each rule only *lowers* a
+word's ranking score below its log-probability (a penalty; :data:`HELD_PENALTY` for a held-back
+word), so :meth:`SuggestionPolicy.top_k` fetches the tree's exact top ``n`` under the same
+filters and rescores them. Every word not fetched has log-probability, and hence score, at most
+that of the ``n``-th fetched word; once the ``k``-th best rescored word reaches that bound (or
+fewer than ``n`` words qualify at all), no unfetched word can enter the top ``k``, and the
+result is exact. Otherwise ``n`` grows fourfold and the search runs again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service import decode
+from service.forms import MIN_CLITIC_PROB, After, WordForms
+from service.sessions import Shown
+
+BoolArray = npt.NDArray[np.bool_]
+Tokens = npt.NDArray[np.int64]
+F64Array = npt.NDArray[np.float64]
+
+SENTENCE_END = frozenset({".", "!", "?", "<eos>"})
+"""Tokens after which the next word starts a sentence."""
+
+HELD_PENALTY = 1e4
+"""Subtracted from a held-back word's score (natural log): below any other word's."""
+
+_MIN_CLITIC_LOGPROB = math.log(MIN_CLITIC_PROB)
+
+_MAX_FETCH = 4096
+"""The largest rescoring fetch; past it the result is the best found (``exact=False``)."""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    capital_penalty: float = 4.0
+    """How much more probable a capitalised word must be than a lowercase one to rank above it
+    after a lowercase prefix (1: no preference; chosen by benchmarks/keystrokes.py)."""
+    reoffer: bool = False
+    """Default for requests: show again words passed over for the word being typed."""
+    contractions: bool = True
+    """Offer ``don't`` as one word (:mod:`service.forms`)."""
+    session_words: bool = True
+    """Offer words outside the vocabulary that the session typed (:mod:`service.session_words`)."""
+
+    def __post_init__(self) -> None:
+        if not self.capital_penalty >= 1.0 or math.isinf(self.capital_penalty):
+            raise ValueError(f"capital_penalty must be finite and >= 1, got {self.capital_penalty}")
+
+
+@dataclass(frozen=True)
+class WordClasses:
+    """Per-token flags of a vocabulary, each a ``(V,)`` mask."""
+
+    punctuation: BoolArray
+    fragment: BoolArray
+    capitalised: BoolArray
+
+    @classmethod
+    def of(cls, vocab: Sequence[str]) -> WordClasses:
+        punctuation = np.array([not any(c.isalnum() for c in t) for t in vocab], dtype=bool)
+        fragment = np.array([t[:1] == "'" and t[1:2].isalpha() for t in vocab], dtype=bool)
+        capitalised = np.array([t[:1].isupper() for t in vocab], dtype=bool)
+        return cls(punctuation=punctuation, fragment=fragment, capitalised=capitalised)
+
+
+Word = tuple[int, ...] | str
+"""A suggestion: token ids (one token, or a host and its clitic, :mod:`service.forms`), or the
+text of a word outside the vocabulary that the session typed (:mod:`service.session_words`)."""
+
+_Scored = tuple[float, Word, float]
+"""(ranking score, word, the model's log-probability)."""
+_ScoredTokens = tuple[float, tuple[int, ...], float]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The result of :meth:`SuggestionPolicy.top_k`: words best first under the policy."""
+
+    words: list[Word]
+    logprobs: list[float]
+    """The model's own ``log P(word | context)``, not the policy's ranking score."""
+    expansions: int
+    exact: bool
+    unexplored_mass: float
+
+
+class SuggestionPolicy:
+    """The rules above for one vocabulary; masks are built once, requests only pick one."""
+
+    def __init__(
+        self, vocab: Sequence[str], banned_ids: Sequence[int], eos_id: int, config: PolicyConfig
+    ) -> None:
+        """``banned_ids`` are never suggested (``<unk>``, the block list), ``<eos>`` on request."""
+        self.config = config
+        self.classes = WordClasses.of(vocab)
+        self.forms = WordForms.of(vocab)
+        self.sentence_end_ids = frozenset(i for i, t in enumerate(vocab) if t in SENTENCE_END)
+        always = np.zeros(len(vocab), dtype=bool)
+        always[np.asarray(banned_ids, dtype=np.int64)] = True
+        self._banned: dict[tuple[bool, bool, bool], BoolArray] = {}
+        for include_eos in (False, True):
+            for include_punctuation in (False, True):
+                for typing_fragment in (False, True):
+                    mask = always.copy()
+                    mask[eos_id] = not include_eos
+                    mask |= self.classes.fragment if not typing_fragment else False
+                    mask |= self.classes.punctuation if not include_punctuation else False
+                    self._banned[include_eos, include_punctuation, typing_fragment] = mask
+
+    def banned(self, prefix: str, *, include_eos: bool, include_punctuation: bool) -> BoolArray:
+        """Tokens that may not fill a word slot for this request (a shared mask: never write)."""
+        return self._banned[include_eos, include_punctuation, prefix[:1] == "'"]
+
+    def starts_sentence(self, context: Tokens) -> bool:
+        return len(context) == 0 or int(context[-1]) in self.sentence_end_ids
+
+    def held_back(self, shown: Shown | None, context: Tokens, prefix: str) -> frozenset[Word]:
+        """Words shown earlier for the word being typed, when this request continues it.
+
+        The same word continues when the context is unchanged and the prefix extends the one
+        typed at the previous request; a repeated request (same prefix) holds back what its
+        first showing held back, so it gets the same answer; a deletion starts afresh.
+        """
+        if shown is None or shown.context.tobytes() != context.tobytes():
+            return frozenset()
+        if prefix == shown.prefix:
+            return shown.held
+        if prefix.startswith(shown.prefix):
+            return shown.held | shown.words
+        return frozenset()
+
+    def top_k(
+        self,
+        dt: decode.DecodeTree,
+        hidden: npt.NDArray[np.floating],
+        k: int,
+        *,
+        prefix: str,
+        banned: BoolArray,
+        held: frozenset[Word],
+        sentence_start: bool,
+        after: After | None = None,
+        extra: Sequence[tuple[str, float]] = (),
+        min_prob: float = 0.0,
+        max_expansions: int | None = None,
+        deadline: float | None = None,
+    ) -> Ranked:
+        """The ``k`` best words under the policy's ranking (exact; see the module docstring).
+
+        With ``after`` (the encoder after the context plus one token), hosts that can still
+        reach the top ``k`` are split into their contractions (:mod:`service.forms`).
+        ``extra`` are more qualifying words, ``(text, log-probability)``, outside the tree.
+        """
+        typed_capital = prefix[:1].isupper()
+        penalty = 0.0 if sentence_start or typed_capital else math.log(self.config.capital_penalty)
+        capitalised = self.classes.capitalised
+        min_lp = math.log(min_prob) if min_prob > 0.0 else -math.inf
+        split: dict[int, F64Array] = {}  # host -> log P(clitic | host), once per request
+        n = k + len(held) if penalty == 0.0 and after is None else 2 * k + len(held)
+        while True:
+            found = decode.top_k(
+                dt, hidden, n, min_prob=min_prob, prefix=prefix or None,
+                case_insensitive=not typed_capital, banned=banned,
+                max_expansions=max_expansions, deadline=deadline,
+            )  # fmt: skip
+            ids, logprobs = found.ids.tolist(), found.logprobs.tolist()
+            tokens: list[_ScoredTokens] = [
+                (lp - penalty if capitalised[i] else lp, (i,), lp)
+                for i, lp in zip(ids, logprobs, strict=True)
+            ]
+            if after is not None:
+                tokens = self._with_forms(dt, tokens, k, held, after, split)
+            words: list[_Scored] = [
+                *tokens,
+                *((lp - penalty if text[:1].isupper() else lp, text, lp) for text, lp in extra),
+            ]
+            scored = sorted(
+                (
+                    (score - HELD_PENALTY if word in held else score, word, lp)
+                    for score, word, lp in words
+                    if lp >= min_lp
+                ),
+                key=lambda w: -w[0],
+            )[:k]
+            exhausted = len(ids) < n
+            # Unfetched words score at most the n-th fetched log-probability (penalties and
+            # splits only lower a score), so reaching it settles the top k.
+            settled = len(scored) == k and scored[-1][0] >= logprobs[-1]
+            if exhausted or settled or not found.exact or n >= _MAX_FETCH:
+                return Ranked(
+                    words=[word for _, word, _ in scored],
+                    logprobs=[lp for _, _, lp in scored],
+                    expansions=found.expansions,
+                    exact=found.exact and (exhausted or settled),
+                    unexplored_mass=found.unexplored_mass,
+                )
+            n = min(4 * n, _MAX_FETCH)
+
+    def _with_forms(
+        self,
+        dt: decode.DecodeTree,
+        words: list[_ScoredTokens],
+        k: int,
+        held: frozenset[Word],
+        after: After,
+        split: dict[int, F64Array],
+    ) -> list[_ScoredTokens]:
+        """``words`` with each host that can reach the top ``k`` replaced by its bare word and
+        its contractions. A host scoring below ``k`` shown non-hosts cannot: its forms score
+        no higher than it does."""
+        is_host = self.forms.is_host
+        plain = sorted(
+            (score for score, word, _ in words if not is_host[word[0]] and word not in held),
+            reverse=True,
+        )
+        floor = plain[k - 1] if len(plain) >= k else -math.inf
+        todo = [w[0] for score, w, _ in words if is_host[w[0]] and score >= floor]
+        todo = [host for host in todo if host not in split]
+        if todo:
+            split.update(zip(todo, self.forms.clitic_log_probs(dt, after, todo), strict=True))
+        out: list[_ScoredTokens] = []
+        clitics = self.forms.clitic_ids.tolist()
+        for score, word, lp in words:
+            clitic_lps = split.get(word[0])
+            if clitic_lps is None:
+                out.append((score, word, lp))
+                continue
+            offered = clitic_lps >= _MIN_CLITIC_LOGPROB
+            # log(1 - sum P(offered clitic | host)), floored so a bare word never gets -inf.
+            rest = math.log(max(1.0 - float(np.exp(clitic_lps[offered]).sum()), 1e-12))
+            out.append((score + rest, word, lp + rest))
+            for clitic, clitic_lp in zip(clitics, clitic_lps.tolist(), strict=True):
+                if clitic_lp >= _MIN_CLITIC_LOGPROB:
+                    out.append((score + clitic_lp, (word[0], clitic), lp + clitic_lp))
+        return out
