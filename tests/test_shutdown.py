@@ -2,10 +2,10 @@
 
 The real server (``python -m service serve``) runs on the tiny bundle; client threads keep
 requests in flight on keep-alive connections (long texts, no session and no context cache, so
-each request encodes the whole text; phrases: each takes a while, and the server's one request
-thread queues them for a few hundred ms). SIGTERM is sent only once enough requests have been
-outstanding for longer than ``MARGIN_S`` (observed by the clients), so the precondition below
-does not depend on how fast this machine happens to serve them.
+each request encodes the whole text; 50 five-word phrases: each takes a while, and the server's
+one request thread queues them for a few hundred ms). SIGTERM is sent only once enough
+requests have been outstanding for longer than ``MARGIN_S`` (observed by the clients), so the
+precondition below does not depend on how fast this machine happens to serve them.
 
 Every request sent before the signal (by ``MARGIN_S``, time for the event loop to have
 read it) must get a 200 with a full body; requests sent around or after it may be refused, since
@@ -116,7 +116,9 @@ def client(
 ) -> None:
     """Send requests back to back on one keep-alive connection until the server goes away;
     ``pending[me]`` holds when the outstanding request was sent (None between requests)."""
-    body = json.dumps({"text": TEXT, "k": 5, "max_words": 3})
+    # The heaviest request the API takes (k 50, five-word phrases: a beam of 50 through four
+    # encoder steps) keeps each one in flight far longer than MARGIN_S.
+    body = json.dumps({"text": TEXT, "k": 50, "max_words": 5})
     headers = {"content-type": "application/json"}
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     while not stop.is_set():
