@@ -319,9 +319,15 @@ VARIANTS = (
     Variant("punctuation in word slots", options={"include_punctuation": True}),
     Variant("no contractions", settings={"contractions": False}),
     Variant("no session words", settings={"session_words": False}),
+    Variant("no session cache", settings={"cache_size": 0}),
     Variant(
         "policy off (fragments still banned)",
-        settings={"capital_penalty": 1.0, "contractions": False, "session_words": False},
+        settings={
+            "capital_penalty": 1.0,
+            "contractions": False,
+            "session_words": False,
+            "cache_size": 0,
+        },
         options={"reoffer": True, "include_punctuation": True},
     ),
 )

@@ -169,8 +169,9 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         runtime = await get_runtime(request)
         light = len(body.candidates) <= LIGHT_CANDIDATES and len(body.text) <= LIGHT_TEXT_CHARS
         scores, seconds = await runtime.call(
-            _timed, runtime.predictor.score, body.text, body.candidates, light=light
-        )
+            _timed, runtime.predictor.score, body.text, body.candidates, body.session_id,
+            light=light,
+        )  # fmt: skip
         return json_response(score_body(scores, seconds, runtime.model_ref))
 
     @app.get("/v1/model", response_model=ModelInfo)

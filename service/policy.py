@@ -31,11 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from service import decode
+from service.adaptation import CacheDistribution, mixture_log_probs
 from service.forms import MIN_CLITIC_PROB, After, WordForms
 from service.sessions import Shown
 
@@ -95,6 +97,38 @@ text of a word outside the vocabulary that the session typed (:mod:`service.sess
 _Scored = tuple[float, Word, float]
 """(ranking score, word, the model's log-probability)."""
 _ScoredTokens = tuple[float, tuple[int, ...], float]
+
+
+class Mixture(NamedTuple):
+    """A session cache's part of ``P_mix = (1 - lam) P_tree + lam p_cache`` for one request
+    (:mod:`service.adaptation`)."""
+
+    lam: float
+    distribution: CacheDistribution
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What one :meth:`SuggestionPolicy.top_k` call filters and ranks by."""
+
+    dt: decode.DecodeTree
+    prefix: str
+    case_insensitive: bool
+    banned: BoolArray
+    held: frozenset[Word]
+    cache: Mixture | None
+    penalty: float
+    min_lp: float
+
+    def qualifies(self, ids: Tokens) -> BoolArray:
+        """Which of ``ids`` match the prefix and are not banned (as the tree search filters)."""
+        ok = ~self.banned[ids]
+        if self.prefix:
+            index, key = self.dt._prefix_index(self.prefix, self.case_insensitive)
+            lo, hi = index.range(key)
+            rank = index.rank[ids]
+            ok &= (rank >= lo) & (rank < hi)
+        return ok
 
 
 @dataclass(frozen=True)
@@ -166,6 +200,7 @@ class SuggestionPolicy:
         sentence_start: bool,
         after: After | None = None,
         extra: Sequence[tuple[str, float]] = (),
+        cache: Mixture | None = None,
         min_prob: float = 0.0,
         max_expansions: int | None = None,
         deadline: float | None = None,
@@ -175,42 +210,52 @@ class SuggestionPolicy:
         With ``after`` (the encoder after the context plus one token), hosts that can still
         reach the top ``k`` are split into their contractions (:mod:`service.forms`).
         ``extra`` are more qualifying words, ``(text, log-probability)``, outside the tree.
+        With ``cache``, probabilities are the session cache's mixture (:class:`Mixture`).
         """
         typed_capital = prefix[:1].isupper()
-        penalty = 0.0 if sentence_start or typed_capital else math.log(self.config.capital_penalty)
-        capitalised = self.classes.capitalised
-        min_lp = math.log(min_prob) if min_prob > 0.0 else -math.inf
+        exempt = sentence_start or typed_capital
+        request = _Request(
+            dt, prefix, not typed_capital, banned, held, cache,
+            penalty=0.0 if exempt else math.log(self.config.capital_penalty),
+            min_lp=math.log(min_prob) if min_prob > 0.0 else -math.inf,
+        )  # fmt: skip
+        # Uncached words have P_mix = (1 - lam) P_tree: the tree search's floor is raised to
+        # match, and cached words below it are looked up on their own (_with_cache).
+        tree_min_prob = min(min_prob / (1.0 - cache.lam), 1.0) if cache else min_prob
         split: dict[int, F64Array] = {}  # host -> log P(clitic | host), once per request
-        n = k + len(held) if penalty == 0.0 and after is None else 2 * k + len(held)
+        simple = request.penalty == 0.0 and after is None and cache is None
+        n = k + len(held) if simple else 2 * k + len(held)
         while True:
             found = decode.top_k(
-                dt, hidden, n, min_prob=min_prob, prefix=prefix or None,
-                case_insensitive=not typed_capital, banned=banned,
+                dt, hidden, n, min_prob=tree_min_prob, prefix=prefix or None,
+                case_insensitive=request.case_insensitive, banned=banned,
                 max_expansions=max_expansions, deadline=deadline,
             )  # fmt: skip
-            ids, logprobs = found.ids.tolist(), found.logprobs.tolist()
-            tokens: list[_ScoredTokens] = [
-                (lp - penalty if capitalised[i] else lp, (i,), lp)
-                for i, lp in zip(ids, logprobs, strict=True)
-            ]
+            exhausted = len(found.ids) < n
+            # Every qualifying word not fetched has at most this tree log-probability.
+            if exhausted:
+                bound = math.log(tree_min_prob) if tree_min_prob > 0.0 else -math.inf
+            else:
+                bound = float(found.logprobs[-1])
+            tokens = self._scored_tokens(request, found, k, hidden, bound)
             if after is not None:
                 tokens = self._with_forms(dt, tokens, k, held, after, split)
             words: list[_Scored] = [
                 *tokens,
-                *((lp - penalty if text[:1].isupper() else lp, text, lp) for text, lp in extra),
+                *((lp - request.penalty if t[:1].isupper() else lp, t, lp) for t, lp in extra),
             ]
             scored = sorted(
                 (
                     (score - HELD_PENALTY if word in held else score, word, lp)
                     for score, word, lp in words
-                    if lp >= min_lp
+                    if lp >= request.min_lp
                 ),
                 key=lambda w: -w[0],
             )[:k]
-            exhausted = len(ids) < n
-            # Unfetched words score at most the n-th fetched log-probability (penalties and
-            # splits only lower a score), so reaching it settles the top k.
-            settled = len(scored) == k and scored[-1][0] >= logprobs[-1]
+            # Unfetched uncached words score at most their mixed bound (penalties and splits
+            # only lower a score; cached ones were looked up), so reaching it settles the top k.
+            shift = math.log1p(-cache.lam) if cache else 0.0
+            settled = len(scored) == k and scored[-1][0] >= bound + shift
             if exhausted or settled or not found.exact or n >= _MAX_FETCH:
                 return Ranked(
                     words=[word for _, word, _ in scored],
@@ -220,6 +265,62 @@ class SuggestionPolicy:
                     unexplored_mass=found.unexplored_mass,
                 )
             n = min(4 * n, _MAX_FETCH)
+
+    def _scored_tokens(
+        self,
+        request: _Request,
+        found: decode.TopK,
+        k: int,
+        hidden: npt.NDArray[np.floating],
+        bound: float,
+    ) -> list[_ScoredTokens]:
+        """The fetched words, and the cached ones that can reach the top ``k``, with their
+        ranking scores and (mixed) log-probabilities."""
+        ids, logprobs = found.ids, found.logprobs
+        cache = request.cache
+        if cache is not None:
+            ids, logprobs = self._with_cache(request, ids, logprobs, k, hidden, bound)
+        capitalised = self.classes.capitalised
+        penalty = request.penalty
+        return [
+            (lp - penalty if capitalised[i] else lp, (i,), lp)
+            for i, lp in zip(ids.tolist(), logprobs.tolist(), strict=True)
+        ]
+
+    def _with_cache(
+        self,
+        request: _Request,
+        ids: Tokens,
+        tree_lps: F64Array,
+        k: int,
+        hidden: npt.NDArray[np.floating],
+        bound: float,
+    ) -> tuple[Tokens, F64Array]:
+        """Mix the fetched words' probabilities with the cache's and add the qualifying cached
+        words not fetched whose mixture can reach the ``k``-th best: such a word has
+        ``P_mix <= (1 - lam) e^bound + lam p_cache``."""
+        cache = request.cache
+        assert cache is not None
+        lam, dist = cache.lam, cache.distribution
+        mixed = mixture_log_probs(tree_lps, dist.probs_of(ids), lam)
+        others = dist.ids[~np.isin(dist.ids, ids) & request.qualifies(dist.ids)]
+        if others.size == 0:
+            return ids, mixed
+        # The k-th best a cached word must reach: fetched words that no rule lowers further
+        # (not held, not a host that may split), less the capital penalty (conservative).
+        kept = np.fromiter(((i,) not in request.held for i in ids.tolist()), bool, len(ids))
+        firm = kept & ~self.forms.is_host[ids]
+        firm_lps = np.sort(mixed[firm])[::-1]
+        kth = firm_lps[k - 1] - request.penalty if firm_lps.size >= k else -math.inf
+        cached_lp = math.log(lam) + np.log(dist.probs_of(others))
+        reach = np.logaddexp(math.log1p(-lam) + bound, cached_lp)
+        others = others[reach >= kth]
+        if others.size == 0:
+            return ids, mixed
+        others_lp = mixture_log_probs(
+            decode.word_log_probs(request.dt, hidden, others), dist.probs_of(others), lam
+        )
+        return np.concatenate([ids, others]), np.concatenate([mixed, others_lp])
 
     def _with_forms(
         self,

@@ -18,11 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from service import decode
+from service.adaptation import CacheConfig, ContinuousCache, SessionAdaptation, mixture_log_probs
 from service.batcher import Batcher
 from service.bundle import Bundle
-from service.policy import PolicyConfig, SuggestionPolicy
+from service.policy import Mixture, PolicyConfig, SuggestionPolicy
 from service.session_words import SessionWords
-from service.sessions import ContextCache, EncodedText, SessionCache, Shown
+from service.sessions import ContextCache, EncodedText, SessionCache, SessionMemory, Shown
 from service.text import UNK, detokenize, display_token, split_typed, tokenize
 
 Tokens = npt.NDArray[np.int64]
@@ -36,6 +37,8 @@ class PredictorOptions:
     default_budget_ms: float = 20.0
     block_list: tuple[str, ...] = ()
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    cache: CacheConfig = field(default_factory=lambda: CacheConfig(size=0))
+    """The session cache (:mod:`service.adaptation`); off unless configured."""
 
 
 @dataclass(frozen=True)
@@ -207,9 +210,10 @@ class Predictor:
         shown = None if memory is None or reoffer else memory.shown
         held = self.policy.held_back(shown, context.ids, context.prefix)
         config = self.policy.config
+        mixture = None if memory is None else self._mixture(memory, encoded.hidden)
         extra = []
         if memory is not None and config.session_words:
-            extra = self._session_words(memory.words, context, encoded)
+            extra = self._session_words(memory.words, context, encoded, mixture)
 
         def after(ids: Tokens) -> Floats:  # the encoder after the context and each of ids
             return self._step(ids, np.repeat(encoded.state, len(ids), axis=1))[0]
@@ -217,7 +221,7 @@ class Predictor:
         ranked = self.policy.top_k(
             self.tree, encoded.hidden, k, prefix=context.prefix, banned=banned, held=held,
             sentence_start=self.policy.starts_sentence(context.ids),
-            after=after if config.contractions else None, extra=extra,
+            after=after if config.contractions else None, extra=extra, cache=mixture,
             min_prob=min_prob, max_expansions=self.options.max_expansions, deadline=deadline,
         )  # fmt: skip
         if memory is not None:
@@ -230,8 +234,19 @@ class Predictor:
         ]
         return _Found(suggestions, ranked.expansions, ranked.exact, ranked.unexplored_mass)
 
+    def _mixture(self, memory: SessionMemory, hidden: Floats) -> Mixture | None:
+        """The session cache's part of this request's probabilities (None while it is empty)."""
+        adaptation = memory.adaptation
+        if adaptation is None or adaptation.mixture_weight() == 0.0:
+            return None
+        return Mixture(adaptation.mixture_weight(), adaptation.distribution(hidden))
+
     def _session_words(
-        self, words: SessionWords, context: _Context, encoded: EncodedText
+        self,
+        words: SessionWords,
+        context: _Context,
+        encoded: EncodedText,
+        mixture: Mixture | None,
     ) -> list[tuple[str, float]]:
         """The session's unknown words that complete the prefix, with their share of
         ``P(<unk> | context)`` (:mod:`service.session_words`); learns the context's own."""
@@ -241,7 +256,7 @@ class Predictor:
         matching = words.matching(context.prefix) if len(words) else []
         if not matching:
             return []
-        unk_lp = float(decode.word_log_probs(self.tree, encoded.hidden, [self.unk_id])[0])
+        unk_lp = self._log_probs(encoded.hidden, np.array([self.unk_id]), mixture)[0]
         return [(word, unk_lp + share) for word, share in matching if word not in self.index]
 
     def _phrase(self, ids: Sequence[int], logprob: float) -> Suggestion:
@@ -251,12 +266,18 @@ class Predictor:
 
     # -- /v1/score ---------------------------------------------------------------------------
 
-    def score(self, text: str, candidates: Sequence[str]) -> list[Score]:
-        """``log P(candidate | text)`` for each candidate (the text's partly typed word dropped)."""
+    def score(
+        self, text: str, candidates: Sequence[str], session_id: str | None = None
+    ) -> list[Score]:
+        """``log P(candidate | text)`` for each candidate (the text's partly typed word dropped);
+        with a session, under its cache's mixture (read only: scoring teaches it nothing)."""
         context = self._read(text, keep_prefix=False)
         encoded, _ = self._encode_context(context.ids, None)
         parsed = [self._candidate_ids(candidate) for candidate in candidates]
-        logprobs = self._sequence_log_probs(encoded, [ids for ids, _ in parsed])
+        memory = None if session_id is None else self.sessions.memory(session_id)
+        adaptation = None if memory is None else memory.adaptation
+        sequences = [ids for ids, _ in parsed]
+        logprobs = self._sequence_log_probs(encoded, sequences, adaptation)
         return [
             Score(candidate=c, logprob=lp, in_vocab=in_vocab)
             for c, (_, in_vocab), lp in zip(candidates, parsed, logprobs, strict=True)
@@ -270,13 +291,26 @@ class Predictor:
         in_vocab = bool(ids) and min(ids) >= 0
         return [self.unk_id if i < 0 else i for i in ids], in_vocab
 
-    def _sequence_log_probs(self, context: EncodedText, sequences: list[list[int]]) -> list[float]:
-        """Sum of token log-probabilities of each id sequence after the context."""
+    def _sequence_log_probs(
+        self,
+        context: EncodedText,
+        sequences: list[list[int]],
+        adaptation: SessionAdaptation | None = None,
+    ) -> list[float]:
+        """Sum of token log-probabilities of each id sequence after the context (each token
+        under the session cache's mixture at its position, with ``adaptation``)."""
+
+        def log_probs(hidden: Floats, ids: Tokens) -> npt.NDArray[np.float64]:
+            if adaptation is None or adaptation.mixture_weight() == 0.0:
+                return decode.word_log_probs(self.tree, hidden, ids)
+            mixture = Mixture(adaptation.mixture_weight(), adaptation.cache.distribution(hidden))
+            return self._log_probs(hidden, ids, mixture)
+
         totals = [0.0] * len(sequences)
         firsts = [i for i, ids in enumerate(sequences) if ids]
         if firsts:
             first_ids = np.array([sequences[i][0] for i in firsts], dtype=np.int64)
-            first_lps = decode.word_log_probs(self.tree, context.hidden, first_ids)
+            first_lps = log_probs(context.hidden, first_ids)
             for i, lp in zip(firsts, first_lps, strict=True):
                 totals[i] = float(lp)
         by_length: dict[int, list[int]] = {}
@@ -291,10 +325,17 @@ class Predictor:
             for row, i in enumerate(members):
                 for pos in range(1, length):
                     word = np.array([sequences[i][pos]], dtype=np.int64)
-                    totals[i] += float(
-                        decode.word_log_probs(self.tree, hidden[row, pos - 1], word)[0]
-                    )
+                    totals[i] += float(log_probs(hidden[row, pos - 1], word)[0])
         return totals
+
+    def _log_probs(
+        self, hidden: Floats, ids: Tokens, mixture: Mixture | None
+    ) -> npt.NDArray[np.float64]:
+        """``log P(word | hidden)`` of ``ids`` from the tree, mixed with the cache if given."""
+        tree_lps = decode.word_log_probs(self.tree, hidden, ids)
+        if mixture is None:
+            return tree_lps
+        return mixture_log_probs(tree_lps, mixture.distribution.probs_of(ids), mixture.lam)
 
     def warm_up(self) -> None:
         """Take every request path once (encoder shapes, compiled decode variants, sessions)."""
@@ -324,20 +365,37 @@ class Predictor:
         else:
             resume = self.contexts.resume(ids)
         known = resume.known
+        hiddens = None  # the encoder's output at every position it just read
         if known is not None and len(resume.todo) == 0:
             encoded = known
         else:
             state = self.zero_state if known is None else known.state
             hidden, state_out = self.batcher.encode(resume.todo[None, :], state)
+            hiddens = hidden[0]
             # Copies: a slice of a batch's output would keep the whole batch alive in the cache.
             encoded = EncodedText(
-                tokens=ids, state=np.ascontiguousarray(state_out), hidden=hidden[0, -1].copy()
+                tokens=ids, state=np.ascontiguousarray(state_out), hidden=hiddens[-1].copy()
             )
         if session_id is not None:
             self.sessions.put(session_id, encoded)
+            if hiddens is not None and self.options.cache.enabled:
+                first = len(ids) - len(resume.todo)  # the position of hiddens[0]
+                if known is not None:  # known.hidden is the position before
+                    hiddens, first = np.vstack([known.hidden, hiddens]), first - 1
+                self._adapt(session_id, ids, hiddens, first)
         elif encoded is not known:
             self.contexts.put(encoded)
         return encoded, known is not None
+
+    def _adapt(self, session_id: str, ids: Tokens, hiddens: Floats, first: int) -> None:
+        """Feed the session's continuous cache the positions of its text just encoded."""
+        memory = self.sessions.memory(session_id)
+        if memory is None:
+            return
+        if memory.adaptation is None:
+            cache = ContinuousCache.from_config(self.options.cache, self.tree.hidden_size)
+            memory.adaptation = SessionAdaptation(cache, self.options.cache.lam)
+        memory.adaptation.read(ids, hiddens, first)
 
     def _step(self, ids: Tokens, state: Floats) -> tuple[Floats, Floats]:
         hidden, state_out = self.batcher.encode(ids[:, None], state)

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from service import decode
+from service.adaptation import CacheConfig
 from service.admission import Admission
 from service.batcher import Batcher
 from service.bundle import Bundle, load_bundle
@@ -81,6 +82,20 @@ class Runtime:
         return await future
 
 
+def cache_config(settings: Settings, bundle: Bundle) -> CacheConfig:
+    """The session cache's settings: each one from the environment if set, else as tuned for
+    the bundle (its manifest's ``adaptation``, written by ``benchmarks/cache_ppl.py --record``),
+    else :class:`CacheConfig`'s defaults."""
+    tuned = bundle.manifest.get("adaptation", {})
+    chosen = {
+        "size": settings.cache_size if settings.cache_size is not None else tuned.get("size"),
+        "theta": settings.cache_theta if settings.cache_theta is not None else tuned.get("theta"),
+        "lam": settings.cache_lambda if settings.cache_lambda is not None else tuned.get("lam"),
+        "dtype": tuned.get("dtype"),
+    }
+    return CacheConfig(**{name: value for name, value in chosen.items() if value is not None})
+
+
 def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     """Load, verify and warm everything a request needs (seconds; before /readyz says ready)."""
     bundle = load_bundle(settings.bundle)
@@ -108,6 +123,7 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
             contractions=settings.contractions,
             session_words=settings.session_words,
         ),
+        cache=cache_config(settings, bundle),
     )
     sessions = SessionCache(settings.session_cache_size, settings.session_ttl_s)
     contexts = ContextCache(settings.context_cache_size)

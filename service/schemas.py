@@ -57,6 +57,12 @@ class ScoreRequest(_Request):
         list[Annotated[str, Field(max_length=MAX_CANDIDATE_CHARS)]],
         Field(min_length=1, max_length=MAX_CANDIDATES),
     ] = Field(examples=[["weather", "New York", "<eos>"]])
+    session_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="score under this session's cache mixture (as /v1/suggest ranks for it)",
+    )
 
 
 class Suggestion(BaseModel):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from service.adaptation import SessionAdaptation
 from service.session_words import SessionWords
 
 Tokens = npt.NDArray[np.int64]
@@ -61,6 +62,8 @@ class SessionMemory:
 
     shown: Shown | None = None
     words: SessionWords = field(default_factory=SessionWords)
+    adaptation: SessionAdaptation | None = None
+    """The continuous cache (created on the session's first text, when it is on)."""
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,15 @@ class Settings(BaseSettings):
     queue_limit: int = Field(
         default=64, ge=1, le=100_000, description="requests admitted at once; more get 429"
     )
-    session_cache_size: int = Field(default=4096, ge=0, le=10_000_000)
+    # 1024 x a full session cache (261 KB at d = 256) is at most 268 MB: within the k8s
+    # deployment's 1 GiB with the model and the shared caches.
+    session_cache_size: int = Field(
+        default=1024,
+        ge=0,
+        le=10_000_000,
+        description="sessions kept (LRU); each holds its encoder state and at most "
+        "CACHE_SIZE cached states",
+    )
     session_ttl_s: float = Field(default=600.0, gt=0.0)
     context_cache_size: int = Field(
         default=4096,
@@ -95,6 +103,22 @@ class Settings(BaseSettings):
     session_words: bool = Field(
         default=True,
         description="offer back, within a session, words it typed that the vocabulary lacks",
+    )
+    cache_size: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="continuous-cache states per session (0: off; unset: the bundle's tuned "
+        "value, else 990); each costs hidden_size + 8 bytes in int8 (264 at d = 256)",
+    )
+    cache_theta: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="cache flatness (unset: the bundle's)"
+    )
+    cache_lambda: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="cache weight in the mixture (unset: the bundle's)",
     )
     workers: int = Field(
         default=1,

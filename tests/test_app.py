@@ -39,12 +39,13 @@ def test_startup_moves_long_lived_objects_out_of_the_collector(client: TestClien
     assert gc.get_freeze_count() > 10_000
 
 
-def _score_all(client: TestClient, text: str, candidates: list[str]) -> dict[str, dict[str, Any]]:
+def _score_all(
+    client: TestClient, text: str, candidates: list[str], session_id: str | None = None
+) -> dict[str, dict[str, Any]]:
     scores: dict[str, dict[str, Any]] = {}
     for start in range(0, len(candidates), 1000):
-        response = client.post(
-            "/v1/score", json={"text": text, "candidates": candidates[start : start + 1000]}
-        )
+        body = {"text": text, "candidates": candidates[start : start + 1000]}
+        response = client.post("/v1/score", json={**body, "session_id": session_id})
         assert response.status_code == 200, response.text
         scores.update({row["candidate"]: row for row in response.json()["scores"]})
     return scores
@@ -180,7 +181,15 @@ def test_partial_word_is_completed(client: TestClient, vocab: list[str]) -> None
     assert math.isclose(body["suggestions"][0]["logprob"], best["logprob"], abs_tol=1e-5)
 
 
-def test_session_keystrokes_equal_full_encodes(client: TestClient) -> None:
+@pytest.fixture(scope="module")
+def uncached_client(tiny_bundle: Path) -> Iterator[TestClient]:
+    """The API without the session cache, whose mixture changes what a session is offered."""
+    with TestClient(create_app(Settings(bundle=tiny_bundle, cache_size=0))) as test_client:
+        yield test_client
+
+
+def test_session_keystrokes_equal_full_encodes(uncached_client: TestClient) -> None:
+    client = uncached_client
     typed = "The game was released in Japan , and it 's a new"
     for end in range(len(typed) + 1):
         text = typed[:end]
@@ -395,3 +404,22 @@ def test_a_full_queue_answers_429_with_retry_after(tiny_bundle: Path) -> None:
     assert first.status_code == 200
     _assert_error(second, 429, "overloaded")
     assert second.headers["retry-after"] == "1"
+
+
+def test_a_session_cache_adapts_and_scores_normalised(client: TestClient, vocab: list[str]) -> None:
+    """After a session typed a text, its suggestions and scores are the cache's mixture:
+    scoring the whole vocabulary with the session sums to 1, and a word the text repeats
+    gains probability over the same request without the session."""
+    text = "The team won the game . The team won the cup . The team won the "
+    for end in range(len(text) + 1):
+        client.post("/v1/suggest", json={"text": text[:end], "session_id": "adapting"})
+    with_session = _score_all(client, text, vocab, session_id="adapting")
+    assert math.isclose(sum(row["prob"] for row in with_session.values()), 1.0, rel_tol=1e-5)
+    plain = _score_all(client, text, ["team", "won"])
+    assert with_session["won"]["logprob"] > plain["won"]["logprob"]
+    suggested = client.post(
+        "/v1/suggest", json={"text": text, "k": 5, "session_id": "adapting", "reoffer": True}
+    ).json()["suggestions"]
+    for s in suggested:
+        if s["text"] in with_session and s["text"].casefold() not in HOSTS:
+            assert math.isclose(s["logprob"], with_session[s["text"]]["logprob"], abs_tol=1e-5)

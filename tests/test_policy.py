@@ -14,9 +14,17 @@ from service_fakes import VOCAB
 from test_decode import SETTINGS, TOL, Case, cases
 
 from service import decode
+from service.adaptation import CacheDistribution
 from service.decode import DecodeTree, brute_force_log_probs
 from service.forms import MIN_CLITIC_PROB
-from service.policy import HELD_PENALTY, PolicyConfig, SuggestionPolicy, WordClasses
+from service.policy import (
+    HELD_PENALTY,
+    Mixture,
+    PolicyConfig,
+    Ranked,
+    SuggestionPolicy,
+    WordClasses,
+)
 from service.predictor import Predictor
 from service.sessions import Shown
 
@@ -84,6 +92,21 @@ FORMS_VOCAB = ["it", "It", "don", "I", "'s", "'t", "'m"]
 NOT_SHOWN = {"<eos>", "<unk>", ",", ".", "@-@", "@,@", "'s"}
 
 
+def with_forms(
+    case: Case,
+) -> tuple[
+    list[str], DecodeTree, npt.NDArray[np.float64], SuggestionPolicy, npt.NDArray[np.float32]
+]:
+    """The case's tree over a vocabulary whose first words are hosts and clitics, its policy
+    and a hidden vector after each word (what ``after`` returns for a host)."""
+    vocab = list(case.dt.vocab or [])
+    vocab[: len(FORMS_VOCAB)] = FORMS_VOCAB[: len(vocab)]
+    dt = DecodeTree(case.dt.tree, case.dt.weight, case.dt.bias, vocab)
+    policy = SuggestionPolicy(vocab, [], 0, PolicyConfig(capital_penalty=4.0))
+    table = case.rng.standard_normal((len(vocab), dt.hidden_size)).astype(np.float32)
+    return vocab, dt, brute_force_log_probs(dt, case.hidden), policy, table
+
+
 @SETTINGS
 @given(
     case=cases(max_leaves=40),
@@ -96,12 +119,7 @@ def test_contractions_rank_exactly(
     case: Case, k: int, prefix: str, sentence_start: bool, min_prob: float
 ) -> None:
     """Hosts split into bare word and forms, each scored exactly (brute force over all)."""
-    vocab = list(case.dt.vocab or [])
-    vocab[: len(FORMS_VOCAB)] = FORMS_VOCAB[: len(vocab)]
-    dt = DecodeTree(case.dt.tree, case.dt.weight, case.dt.bias, vocab)
-    brute = brute_force_log_probs(dt, case.hidden)
-    policy = SuggestionPolicy(vocab, [], 0, PolicyConfig(capital_penalty=4.0))
-    table = case.rng.standard_normal((len(vocab), dt.hidden_size)).astype(np.float32)
+    vocab, dt, brute, policy, table = with_forms(case)
     calls: list[int] = []
 
     def after(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
@@ -117,26 +135,7 @@ def test_contractions_rank_exactly(
         brute, vocab, prefix, banned=banned, held=frozenset(), penalty=4.0,
         sentence_start=sentence_start,
     )  # fmt: skip
-    clitics = policy.forms.clitic_ids
-    want: dict[tuple[int, ...], tuple[float, float]] = {}  # word -> (score, logprob)
-    for i in np.flatnonzero(np.isfinite(token_scores) & (brute >= math.log(max(min_prob, 1e-300)))):
-        score, lp = float(token_scores[i]), float(brute[i])
-        if not policy.forms.is_host[i]:
-            want[(int(i),)] = (score, lp)
-            continue
-        clitic_lps = brute_force_log_probs(dt, table[i])[clitics]
-        offered = np.exp(clitic_lps) >= MIN_CLITIC_PROB
-        rest = math.log(max(1.0 - float(np.exp(clitic_lps[offered]).sum()), 1e-12))
-        want[(int(i),)] = (score + rest, lp + rest)
-        for c, c_lp, ok in zip(clitics.tolist(), clitic_lps.tolist(), offered, strict=True):
-            if ok:
-                want[(int(i), c)] = (score + c_lp, lp + c_lp)
-    want = {w: v for w, v in want.items() if v[1] >= math.log(max(min_prob, 1e-300))}
-    expected = sorted((v[0] for v in want.values()), reverse=True)[:k]
-    assert got.exact
-    assert len(got.words) == len(expected) == len(set(got.words))
-    np.testing.assert_allclose([want[w][0] for w in got.words], expected, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(got.logprobs, [want[w][1] for w in got.words], atol=1e-6, rtol=0)
+    assert_words_rank(got, brute_force_words(policy, dt, token_scores, brute, table, min_prob), k)
     assert len(calls) <= 2  # hosts are split in one batch per fetch round, at most a few
 
 
@@ -236,3 +235,93 @@ def test_suggestions_are_typed_words(predictor: Predictor) -> None:
     assert ([s.text for s in clitic.suggestions], clitic.partial_word) == (["'s"], "'")
     with_punctuation = predictor.suggest("the ", k=40, include_punctuation=True).suggestions
     assert {",", "."} <= {s.text for s in with_punctuation}
+
+
+@SETTINGS
+@given(
+    case=cases(max_leaves=40),
+    k=st.integers(1, 8),
+    prefix=st.sampled_from(["", "i", "I", "a", "A", "b"]),
+    sentence_start=st.booleans(),
+    min_prob=st.sampled_from([0.0, 0.005, 0.05]),
+    lam=st.sampled_from([0.05, 0.25, 0.9]),
+    cached_share=st.sampled_from([0.05, 0.3, 1.0]),
+    held_share=st.sampled_from([0.0, 0.3]),
+)
+def test_the_cache_mixture_ranks_exactly(
+    case: Case,
+    k: int,
+    prefix: str,
+    sentence_start: bool,
+    min_prob: float,
+    lam: float,
+    cached_share: float,
+    held_share: float,
+) -> None:
+    """P_mix = (1 - lam) P_tree + lam p_cache, with the penalty, held words and contractions."""
+    vocab, dt, brute, policy, table = with_forms(case)
+    cached = np.flatnonzero(case.rng.random(len(vocab)) < cached_share)
+    if cached.size == 0:
+        cached = np.array([int(case.rng.integers(len(vocab)))])
+    weights = case.rng.random(cached.size) ** 4  # a few cached words carry most of the mass
+    dist = CacheDistribution(cached.astype(np.int64), weights / weights.sum())
+    held = frozenset((int(i),) for i in np.flatnonzero(case.rng.random(len(vocab)) < held_share))
+    banned = policy.banned(prefix, include_eos=True, include_punctuation=True)
+    got = policy.top_k(
+        dt, case.hidden, k, prefix=prefix, banned=banned, held=held,
+        sentence_start=sentence_start, after=lambda ids: table[ids],
+        cache=Mixture(lam, dist), min_prob=min_prob,
+    )  # fmt: skip
+    mixed = np.log((1 - lam) * np.exp(brute) + lam * dist.probs_of(np.arange(len(vocab))))
+    token_scores = policy_scores(
+        mixed, vocab, prefix, banned=banned, held=frozenset(), penalty=4.0,
+        sentence_start=sentence_start,
+    )  # fmt: skip
+    want = brute_force_words(policy, dt, token_scores, mixed, table, min_prob, held)
+    assert_words_rank(got, want, k)
+
+
+Expected = dict[tuple[int, ...], tuple[float, float]]
+"""word -> (ranking score, log-probability)."""
+
+
+def brute_force_words(
+    policy: SuggestionPolicy,
+    dt: DecodeTree,
+    token_scores: npt.NDArray[np.float64],
+    token_lps: npt.NDArray[np.float64],
+    table: npt.NDArray[np.float32],
+    min_prob: float,
+    held: frozenset[tuple[int, ...] | str] = frozenset(),
+) -> Expected:
+    """Every word the policy may show, scored directly: each host split into its bare word and
+    the contractions whose clitic reaches MIN_CLITIC_PROB (``table[host]``: the hidden vector
+    after it), held words lowered, words below ``min_prob`` dropped."""
+    clitics = policy.forms.clitic_ids
+    want: Expected = {}
+    for i in np.flatnonzero(np.isfinite(token_scores)):
+        score, lp = float(token_scores[i]), float(token_lps[i])
+        entries = [((int(i),), score, lp)]
+        if policy.forms.is_host[i]:
+            clitic_lps = brute_force_log_probs(dt, table[i])[clitics]
+            offered = np.exp(clitic_lps) >= MIN_CLITIC_PROB
+            rest = math.log(max(1.0 - float(np.exp(clitic_lps[offered]).sum()), 1e-12))
+            entries = [((int(i),), score + rest, lp + rest)]
+            entries += [
+                ((int(i), c), score + c_lp, lp + c_lp)
+                for c, c_lp, ok in zip(clitics.tolist(), clitic_lps.tolist(), offered, strict=True)
+                if ok
+            ]
+        for word, word_score, word_lp in entries:
+            if word_lp >= math.log(max(min_prob, 1e-300)):
+                want[word] = (word_score - (HELD_PENALTY if word in held else 0.0), word_lp)
+    return want
+
+
+def assert_words_rank(got: Ranked, want: Expected, k: int) -> None:
+    """``got`` is a top-k of ``want`` by score (ties in any order), with its log-probabilities."""
+    expected = sorted((v[0] for v in want.values()), reverse=True)[:k]
+    assert got.exact
+    assert len(got.words) == len(expected) == len(set(got.words))
+    np.testing.assert_allclose([want[w][0] for w in got.words], expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got.logprobs, [want[w][1] for w in got.words], atol=1e-6, rtol=0)

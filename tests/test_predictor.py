@@ -12,6 +12,8 @@ from service_fakes import VOCAB, FakeEncoder
 from test_policy import policy_scores
 
 from service import decode
+from service.adaptation import CacheConfig, mixture_log_probs
+from service.policy import PolicyConfig
 from service.predictor import Predictor, PredictorOptions, blocked_ids
 from service.text import split_typed
 
@@ -268,3 +270,79 @@ def test_odd_text_is_served(parts: tuple[Predictor, FakeEncoder]) -> None:
     timing = result.timing
     assert min(timing.tokenize, timing.encode, timing.decode) >= 0.0
     assert timing.total >= timing.tokenize + timing.encode + timing.decode - 1e-6
+
+
+# -- the session cache (service.adaptation) ---------------------------------------------------
+
+CACHE = CacheConfig(size=64, theta=0.5, lam=0.3, dtype="float32")
+
+
+@pytest.fixture
+def cached() -> Iterator[tuple[Predictor, FakeEncoder]]:
+    from service_fakes import make_predictor
+
+    # Contractions off: the brute-force mixture below ranks single tokens (test_policy.py
+    # checks contractions under the mixture).
+    options = PredictorOptions(cache=CACHE, policy=PolicyConfig(contractions=False))
+    predictor, encoder, batcher = make_predictor(options)
+    yield predictor, encoder
+    batcher.stop()
+
+
+def _type(predictor: Predictor, text: str, session_id: str) -> None:
+    for end in range(len(text) + 1):
+        predictor.suggest(text[:end], k=3, session_id=session_id)
+
+
+def test_the_session_cache_holds_each_position_once(cached: tuple[Predictor, FakeEncoder]) -> None:
+    """Keystrokes re-read the text, and an edit re-encodes it from the start: each position of
+    the text still enters the cache once."""
+    predictor, encoder = cached
+
+    def ids(text: str) -> list[int]:
+        return [predictor.eos_id, *(predictor.index[t] for t in split_typed(text)[0])]
+
+    typed = "the weather of New York was bad , and it's worse "
+    _type(predictor, typed, "s")
+    predictor.suggest(typed, session_id="s")  # the same text again
+    edited = "the weather of New York was worse , and it "
+    predictor.suggest(edited, session_id="s")  # one request: a jump back and on
+    memory = predictor.sessions.memory("s")
+    assert memory is not None
+    assert memory.adaptation is not None
+    hiddens, next_ids = memory.adaptation.cache.pairs()
+    shared = 7  # <eos> the weather of New York was
+    assert next_ids.tolist() == ids(typed)[1:] + ids(edited)[shared:]
+    full, _ = encoder.run(np.array([ids(typed)]), encoder.zero_state(1))
+    np.testing.assert_allclose(hiddens[: len(ids(typed)) - 1], full[0, :-1], atol=1e-5)
+
+
+def test_suggestions_under_the_cache_equal_the_brute_force_mixture(
+    cached: tuple[Predictor, FakeEncoder],
+) -> None:
+    predictor, encoder = cached
+    _type(predictor, "the weather was bad and the weather was worse . the ", "s")
+    text = "the weather was bad and the weather was worse . the "
+    memory = predictor.sessions.memory("s")
+    assert memory is not None
+    assert memory.adaptation is not None
+    tree = _context_log_probs(predictor, encoder, split_typed(text)[0])
+    ids = [predictor.eos_id, *(predictor.index[t] for t in split_typed(text)[0])]
+    hidden, _ = encoder.run(np.array([ids]), encoder.zero_state(1))
+    cache = memory.adaptation.cache.distribution(hidden[0, -1])
+    mixed = mixture_log_probs(tree, cache.probs_of(np.arange(len(VOCAB))), CACHE.lam)
+    got = predictor.suggest(text, k=6, session_id="s", reoffer=True)
+    want = _policy_ranking(predictor, mixed, text, 6)
+    assert [s.text for s in got.suggestions] == [w for w, _ in want]
+    np.testing.assert_allclose(
+        [s.logprob for s in got.suggestions], [lp for _, lp in want], atol=1e-5
+    )
+    # The cache raised the words the text repeats.
+    assert mixed[predictor.index["weather"]] > tree[predictor.index["weather"]]
+    # /v1/score with the session: the same mixture, a distribution over the vocabulary.
+    scores = {s.candidate: s.logprob for s in predictor.score(text, VOCAB, session_id="s")}
+    assert math.isclose(sum(math.exp(lp) for lp in scores.values()), 1.0, rel_tol=1e-6)
+    for s in got.suggestions:
+        assert math.isclose(s.logprob, scores[s.text], abs_tol=1e-5)
+    plain = {s.candidate: s.logprob for s in predictor.score(text, VOCAB)}
+    assert plain["weather"] == pytest.approx(float(tree[predictor.index["weather"]]), abs=1e-5)

@@ -1,0 +1,399 @@
+"""Session adaptation: the continuous cache of Grave, Joulin and Usunier (ICLR 2017).
+
+"Improving Neural Language Models with a Continuous Cache" keeps, for one text, the pairs
+``(h_i, w_{i+1})`` of the hidden vector the model had at position ``i`` and the word that came
+next, and turns them into a distribution over the words seen recently:
+
+    p_cache(w | h) = sum_{i : w_{i+1} = w} exp(theta * h . h_i) / sum_i exp(theta * h . h_i)
+
+which is mixed with the model's distribution by linear interpolation,
+
+    P_mix(w | h) = (1 - lam) * P_tree(w | h) + lam * p_cache(w | h).
+
+Nothing is trained: the model's own hidden vectors are the keys, ``theta`` (flatness) and
+``lam`` (weight) are tuned on validation text (``benchmarks/cache_ppl.py``). With an empty cache
+``p_cache`` is undefined and ``P_mix = P_tree``: pass ``lam = 0`` then (:func:`session_lam`).
+
+Here: :class:`CacheConfig` (validated settings), :class:`ContinuousCache` (one session's ring
+buffer of pairs and its distribution), :func:`mixture_top_k` (the exact top-k of ``P_mix`` from
+the tree's exact top-n and the cached words) and :func:`mixture_log_probs` (scoring). All pure
+numpy; a cache is used by one request at a time (a session's), so it is not locked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+F64Array = npt.NDArray[np.float64]
+F32Array = npt.NDArray[np.float32]
+
+DTYPES = ("int8", "float16", "float32")
+"""Storage types of the cached hidden vectors (scores are computed in float32 either way).
+``int8`` stores each vector rounded to 127 steps of its largest magnitude, with that scale as
+a float32: a byte per dimension, and the fastest to score (numpy widens int8 in a tenth of the
+time it takes for float16)."""
+
+_ID_DTYPE = np.dtype(np.int32)  # next-word ids: 4 bytes each, vocabularies below 2**31 words
+_SCALE_DTYPE = np.dtype(np.float32)
+_NO_IDS: IntArray = np.zeros(0, dtype=np.int64)
+_NO_PROBS: F64Array = np.zeros(0, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The continuous cache's settings; ``size = 0`` (or ``lam = 0``) turns it off.
+
+    The defaults are what ``benchmarks/cache_ppl.py`` recommends for the default bundle (d =
+    256): 990 states in int8 take 261,360 bytes, within 256 KiB per session, and took WikiText-2
+    test perplexity from 158.3 to 102.1 (0.645x; theta and lam tuned on valid; int8 keys gave
+    the same perplexity as float32 to 0.01).
+    """
+
+    size: int = 990
+    """States kept per session (the last ``size`` positions of its text)."""
+    theta: float = 0.6
+    """Flatness of the cache distribution: ``exp(theta * h . h_i)``; 0 counts words uniformly."""
+    lam: float = 0.275
+    """Weight of the cache in the mixture, ``0 <= lam < 1``."""
+    dtype: str = "int8"
+    """Storage of the hidden vectors: ``int8``, ``float16`` or ``float32`` (:data:`DTYPES`)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 0:
+            raise ValueError(f"cache size must be an integer >= 0, got {self.size!r}")
+        if not math.isfinite(self.theta) or self.theta < 0.0:
+            raise ValueError(f"cache theta must be finite and >= 0, got {self.theta!r}")
+        if not 0.0 <= self.lam < 1.0:
+            raise ValueError(f"cache lam must satisfy 0 <= lam < 1, got {self.lam!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"cache dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and self.lam > 0.0
+
+    def bytes_per_session(self, hidden_size: int) -> int:
+        """What a full cache holds: see :class:`ContinuousCache`."""
+        return self.size * state_bytes(hidden_size, self.dtype)
+
+
+def state_bytes(hidden_size: int, dtype: str = "float16") -> int:
+    """Bytes one cached pair takes: the hidden vector (and its float32 scale, for int8) plus
+    a 4-byte word id."""
+    scale = _SCALE_DTYPE.itemsize if dtype == "int8" else 0
+    return hidden_size * np.dtype(dtype).itemsize + scale + _ID_DTYPE.itemsize
+
+
+def quantize(hiddens: F32Array) -> tuple[npt.NDArray[np.int8], F32Array]:
+    """Rows as int8 steps of ``max |row| / 127`` and those scales (a zero row gets scale 1)."""
+    peak = np.abs(hiddens).max(axis=1)
+    scale = np.where(peak > 0.0, peak / 127.0, 1.0).astype(np.float32)
+    steps = np.clip(np.rint(hiddens / scale[:, None]), -127, 127).astype(np.int8)
+    return steps, scale
+
+
+class CacheDistribution(NamedTuple):
+    """``p_cache(w | h)`` over the distinct cached words: ``ids`` ascending, ``probs`` > 0."""
+
+    ids: IntArray
+    probs: F64Array
+
+    def probs_of(self, ids: npt.ArrayLike) -> F64Array:
+        """``p_cache`` of each of ``ids`` (0 for words not in the cache)."""
+        words = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros(words.shape[0], dtype=np.float64)
+        if self.ids.size == 0 or words.size == 0:
+            return out
+        at = np.minimum(np.searchsorted(self.ids, words), self.ids.size - 1)
+        found = self.ids[at] == words
+        out[found] = self.probs[at[found]]
+        return out
+
+
+class ContinuousCache:
+    """One session's last ``size`` pairs ``(h_i, w_{i+1})`` in a ring buffer, and ``p_cache``.
+
+    Memory: a full cache holds ``size * state_bytes(d, dtype)`` bytes (:attr:`nbytes`): the
+    vector (``d`` bytes in int8 plus a 4-byte scale, ``2 d`` in float16, ``4 d`` in float32)
+    and a 4-byte word id; at d = 256 that is 264 bytes per state in int8 (256 KiB holds 992
+    states) and 516 in float16 (508 states). The arrays grow by doubling up to
+    ``size``, so a short session holds at most twice what it uses; a few hundred bytes of
+    Python objects come on top.
+
+    Feed it as the text is read: after the word ``w`` that followed hidden vector ``h`` (the
+    encoder's output before ``w``), ``add(h[None], [w])``; then :meth:`distribution` at the
+    next hidden vector is ``p_cache`` over the words that followed similar contexts.
+    """
+
+    def __init__(
+        self, size: int, hidden_size: int, *, theta: float, dtype: str = "float16"
+    ) -> None:
+        if size < 0 or hidden_size < 1:
+            raise ValueError(f"need size >= 0 and hidden_size >= 1, got {size}, {hidden_size}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.size = size
+        self.hidden_size = hidden_size
+        self.theta = float(theta)
+        self.dtype = np.dtype(dtype)
+        self._hidden: npt.NDArray[np.generic] = np.zeros((0, hidden_size), dtype=self.dtype)
+        self._scale: F32Array = np.zeros(0, dtype=_SCALE_DTYPE)  # int8 only
+        self._next: npt.NDArray[np.int32] = np.zeros(0, dtype=_ID_DTYPE)
+        self._words: tuple[IntArray, IntArray] | None = None  # np.unique of _next, until an add
+        self._head = 0  # slot of the oldest pair; 0 until the buffer is full and wraps
+        self._count = 0
+
+    @classmethod
+    def from_config(cls, config: CacheConfig, hidden_size: int) -> ContinuousCache:
+        return cls(config.size, hidden_size, theta=config.theta, dtype=config.dtype)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays held now (at most ``size * (d * b + 4)``)."""
+        return int(self._hidden.nbytes + self._scale.nbytes + self._next.nbytes)
+
+    def clear(self) -> None:
+        self._hidden = self._hidden[:0].copy()
+        self._scale = self._scale[:0].copy()
+        self._next = self._next[:0].copy()
+        self._head = self._count = 0
+        self._words = None
+
+    def add(self, hiddens: npt.ArrayLike, next_ids: npt.ArrayLike) -> None:
+        """Append pairs ``hiddens (T, d)``, ``next_ids (T,)``; the oldest go past ``size``."""
+        h = np.asarray(hiddens, dtype=np.float32)
+        ids = np.asarray(next_ids, dtype=np.int64)
+        if h.ndim != 2 or h.shape[1] != self.hidden_size or ids.shape != (h.shape[0],):
+            raise ValueError(
+                f"need hiddens (T, {self.hidden_size}) and next_ids (T,), "
+                f"got {h.shape} and {ids.shape}"
+            )
+        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(_ID_DTYPE).max):
+            raise ValueError("word ids must be non-negative int32 values")
+        if self.size == 0 or ids.size == 0:
+            return
+        if ids.size > self.size:  # only the last `size` pairs can survive
+            h, ids = h[-self.size :], ids[-self.size :]
+        added = ids.size
+        self._reserve(min(self.size, self._count + added))
+        capacity = self._next.shape[0]
+        slots = (self._head + self._count + np.arange(added)) % capacity
+        if self.dtype == np.int8:
+            self._hidden[slots], self._scale[slots] = quantize(h)
+        else:
+            self._hidden[slots] = h  # rounds to float16 when stored as such
+        self._next[slots] = ids
+        self._words = None
+        overflow = max(0, self._count + added - capacity)
+        self._head = (self._head + overflow) % capacity
+        self._count = min(capacity, self._count + added)
+
+    def _reserve(self, needed: int) -> None:
+        capacity = self._next.shape[0]
+        if needed <= capacity:
+            return
+        # Growth happens only before the buffer first fills, while the oldest pair is in slot 0.
+        new = min(self.size, max(needed, 2 * capacity, 16))
+        hidden = np.zeros((new, self.hidden_size), dtype=self.dtype)
+        ids = np.zeros(new, dtype=_ID_DTYPE)
+        hidden[: self._count] = self._hidden[: self._count]
+        ids[: self._count] = self._next[: self._count]
+        self._hidden, self._next = hidden, ids
+        if self.dtype == np.int8:
+            scale = np.zeros(new, dtype=_SCALE_DTYPE)
+            scale[: self._count] = self._scale[: self._count]
+            self._scale = scale
+
+    def pairs(self) -> tuple[F32Array, IntArray]:
+        """The cached pairs oldest first: ``hiddens (n, d)`` float32 and ``next_ids (n,)``."""
+        order = (self._head + np.arange(self._count)) % max(1, self._next.shape[0])
+        hiddens = self._hidden[order].astype(np.float32)
+        if self.dtype == np.int8:
+            hiddens *= self._scale[order, None]
+        return hiddens, self._next[order].astype(np.int64)
+
+    def distribution(self, hidden: npt.ArrayLike) -> CacheDistribution:
+        """``p_cache(w | h)`` over the distinct cached words; empty when the cache is empty."""
+        h = np.asarray(hidden, dtype=np.float32).reshape(-1)
+        if h.shape != (self.hidden_size,):
+            raise ValueError(f"hidden must have shape ({self.hidden_size},), got {h.shape}")
+        if self._count == 0:
+            return CacheDistribution(_NO_IDS, _NO_PROBS)
+        # Slots [0, count) are the live ones: the buffer wraps only once it is full. Order does
+        # not matter to a sum.
+        stored = self._hidden[: self._count]
+        dots = stored.astype(np.float32, copy=False) @ h  # (n,)
+        if self.dtype == np.int8:
+            dots *= self._scale[: self._count]
+        logits = self.theta * dots.astype(np.float64)
+        weights = np.exp(logits - logits.max())  # stable softmax; the largest weight is 1
+        if self._words is None:  # the same for every keystroke until the next add
+            unique, slot_word = np.unique(self._next[: self._count], return_inverse=True)
+            self._words = unique.astype(np.int64), slot_word.reshape(-1).astype(np.int64)
+        ids, slot_word = self._words
+        mass = np.bincount(slot_word, weights=weights, minlength=ids.size)
+        probs: F64Array = mass / weights.sum()
+        return CacheDistribution(ids, probs)
+
+
+def session_lam(cache: ContinuousCache, lam: float) -> float:
+    """The mixture weight to use now: ``lam``, or 0 while the cache is empty (then
+    ``P_mix = P_tree``)."""
+    return lam if len(cache) else 0.0
+
+
+# -- mixing ------------------------------------------------------------------------------------
+
+
+class MixedTopK(NamedTuple):
+    """The result of :func:`mixture_top_k`."""
+
+    ids: IntArray
+    """Word ids, most probable under the mixture first; at most ``k``."""
+    logprobs: F64Array
+    """Natural-log ``P_mix(word | h)`` of each id."""
+    exact: bool
+    """False when the tree's list was too short to prove the result: retry with a longer one
+    (``n = k + len(cache_ids)`` tree words always suffice)."""
+
+
+def mixture_log_probs(
+    tree_logprobs: npt.ArrayLike, cache_probs: npt.ArrayLike, lam: float
+) -> F64Array:
+    """``log((1 - lam) * P_tree + lam * p_cache)`` elementwise, e.g. for scoring candidates
+    (``cache_probs`` from :meth:`CacheDistribution.probs_of`, 0 for uncached words).
+
+    Over the whole vocabulary the result sums to 1: both distributions do.
+    """
+    _check_lam(lam)
+    tree_lp = np.asarray(tree_logprobs, dtype=np.float64)
+    cache_p = np.asarray(cache_probs, dtype=np.float64)
+    if lam == 0.0:
+        return tree_lp.copy()
+    with np.errstate(divide="ignore"):  # log(0) = -inf for uncached words is what we want
+        cache_lp = math.log(lam) + np.log(cache_p)
+    mixed: F64Array = np.logaddexp(math.log1p(-lam) + tree_lp, cache_lp)
+    return mixed
+
+
+def mixture_top_k(
+    tree_ids: npt.ArrayLike,
+    tree_logprobs: npt.ArrayLike,
+    tree_bound: float,
+    cache_ids: npt.ArrayLike,
+    cache_probs: npt.ArrayLike,
+    cache_tree_logprobs: npt.ArrayLike,
+    lam: float,
+    k: int,
+    *,
+    min_logprob: float = -math.inf,
+) -> MixedTopK:
+    """The exact top-``k`` qualifying words under ``P_mix = (1 - lam) P_tree + lam p_cache``.
+
+    ``tree_ids`` / ``tree_logprobs``: the tree's exact top-``n`` qualifying words, best first
+    (:func:`service.decode.top_k` with the caller's prefix and bans). ``tree_bound``: an upper
+    bound on ``log P_tree`` of every qualifying word not in that list: its last log-prob, or
+    ``-inf`` when the list holds every qualifying word. ``cache_ids`` / ``cache_probs``: the
+    *qualifying* cached words (the caller drops those its filters reject) and their
+    ``p_cache``, not renormalised; ``cache_tree_logprobs``: ``log P_tree`` of each
+    (:func:`service.decode.word_log_probs`). ``min_logprob``: a floor on ``log P_mix``; a tree
+    search for it may use the floor ``P_tree >= exp(min_logprob) / (1 - lam)``, which is exact
+    for uncached words.
+
+    ``n >= k + len(cache_ids)`` always gives an exact result; a shorter list may, and
+    :attr:`MixedTopK.exact` says whether it did.
+    """
+    # Why this is exact. A word outside the cache has P_mix = (1 - lam) P_tree, increasing in
+    # P_tree, so among uncached words the mixture keeps the tree's order; a cached word can only
+    # gain. Every word outside the candidates C = (cached words) U (uncached words of the tree's
+    # list) is uncached and unlisted, so its P_mix is at most B = (1 - lam) exp(tree_bound),
+    # while each uncached listed word has P_mix >= B. Hence the top-k of P_mix over all words
+    # is the top-k over C whenever the k-th best of C reaches B (ties at B are equally good
+    # answers), which holds as soon as C has k uncached listed words: n >= k + len(cache_ids).
+    # It also holds when B is below the floor or -inf (no unlisted word qualifies). The top-k
+    # thus lies within the tree's top-k uncached words U cached words.
+    _check_lam(lam)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    t_ids = np.asarray(tree_ids, dtype=np.int64).reshape(-1)
+    t_lp = np.asarray(tree_logprobs, dtype=np.float64).reshape(-1)
+    c_ids = np.asarray(cache_ids, dtype=np.int64).reshape(-1)
+    c_p = np.asarray(cache_probs, dtype=np.float64).reshape(-1)
+    c_tree_lp = np.asarray(cache_tree_logprobs, dtype=np.float64).reshape(-1)
+    if t_ids.shape != t_lp.shape or not c_ids.shape == c_p.shape == c_tree_lp.shape:
+        raise ValueError("ids and their probabilities must have the same lengths")
+    if lam == 0.0:
+        c_ids, c_p, c_tree_lp = _NO_IDS, _NO_PROBS, _NO_PROBS
+    uncached = ~np.isin(t_ids, c_ids)
+    # Candidates in the tree's order first, then the cached words the list lacks: a stable sort
+    # keeps the tree's order among equal mixture probabilities.
+    ids = np.concatenate([t_ids[uncached], c_ids])
+    scale = math.log1p(-lam)
+    mixed = np.concatenate([scale + t_lp[uncached], mixture_log_probs(c_tree_lp, c_p, lam)])
+    keep = mixed >= min_logprob
+    ids, mixed = ids[keep], mixed[keep]
+    order = np.argsort(-mixed, kind="stable")[:k]
+    bound = scale + tree_bound  # no unlisted word has a larger log P_mix
+    unlisted_may_qualify = bound > -math.inf and bound >= min_logprob
+    full = order.size == k and (k == 0 or mixed[order[-1]] >= bound)
+    proven = full or not unlisted_may_qualify
+    return MixedTopK(ids[order], mixed[order], bool(proven))
+
+
+def _check_lam(lam: float) -> None:
+    if not 0.0 <= lam < 1.0:
+        raise ValueError(f"lam must satisfy 0 <= lam < 1, got {lam!r}")
+
+
+class SessionAdaptation:
+    """One session's :class:`ContinuousCache` fed from the texts it types: the pairs of every
+    position read, each added once even though a text is read again at every keystroke and
+    after an edit is encoded again from the start (only positions past the part the previous
+    text shares with it are new)."""
+
+    def __init__(self, cache: ContinuousCache, lam: float) -> None:
+        self.cache = cache
+        self.lam = lam
+        self._tokens: IntArray = _NO_IDS  # the text whose positions the cache holds
+        self._reads = 0  # pairs-adding reads so far: the cache's version
+        self._last: tuple[F32Array, int, CacheDistribution] | None = None
+
+    def read(self, ids: IntArray, hiddens: F32Array, first: int) -> None:
+        """Take the pairs of a text: ``hiddens[j]`` is the hidden vector at position
+        ``first + j`` of ``ids`` (the one that predicted ``ids[first + j + 1]``)."""
+        shared = _shared_length(self._tokens, ids)
+        start = max(first, shared - 1)  # the pair of position p is (h_p, ids[p + 1])
+        stop = min(first + len(hiddens), len(ids) - 1)
+        if stop > start:
+            self.cache.add(hiddens[start - first : stop - first], ids[start + 1 : stop + 1])
+            self._reads += 1
+        self._tokens = ids
+
+    def mixture_weight(self) -> float:
+        return session_lam(self.cache, self.lam)
+
+    def distribution(self, hidden: F32Array) -> CacheDistribution:
+        """``p_cache`` at ``hidden``. Every keystroke inside a word asks at the same hidden
+        vector (the text before the word has not changed), so the last answer is kept until
+        the cache changes; holding ``hidden`` keeps its identity from being reused."""
+        last = self._last
+        if last is not None and last[0] is hidden and last[1] == self._reads:
+            return last[2]
+        found = self.cache.distribution(hidden)
+        self._last = (hidden, self._reads, found)
+        return found
+
+
+def _shared_length(a: IntArray, b: IntArray) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
