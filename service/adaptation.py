@@ -279,8 +279,10 @@ def mixture_log_probs(
     cache_p = np.asarray(cache_probs, dtype=np.float64)
     if lam == 0.0:
         return tree_lp.copy()
-    with np.errstate(divide="ignore"):  # log(0) = -inf for uncached words is what we want
-        cache_lp = math.log(lam) + np.log(cache_p)
+    # An uncached word's p_cache of 0 is floored at 1e-300 (log -690.8): it then adds nothing
+    # a float64 can hold to any tree probability above e^-650, and np.errstate, which log(0)
+    # would need, costs more than the rest of this function.
+    cache_lp = math.log(lam) + np.log(np.maximum(cache_p, 1e-300))
     mixed: F64Array = np.logaddexp(math.log1p(-lam) + tree_lp, cache_lp)
     return mixed
 

@@ -28,6 +28,7 @@ result is exact. Otherwise ``n`` grows fourfold and the search runs again.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,15 @@ HELD_PENALTY = 1e4
 _MIN_CLITIC_LOGPROB = math.log(MIN_CLITIC_PROB)
 
 _MAX_FETCH = 4096
+
+_SPARE = 1
+"""Words fetched beyond ``k`` when capitals or contractions may rank some down."""
+
+_CACHE_LOOKUPS = 8
+"""Cached words whose tree probability is looked up at a time (a few dot products each)."""
+
+_MAX_CACHE_LOOKUPS = 32
+"""More candidates than this from the cache, and the tree list is lengthened instead."""
 """The largest rescoring fetch; past it the result is the best found (``exact=False``)."""
 
 
@@ -122,12 +132,13 @@ class _Request:
 
     def qualifies(self, ids: Tokens) -> BoolArray:
         """Which of ``ids`` match the prefix and are not banned (as the tree search filters)."""
-        ok = ~self.banned[ids]
-        if self.prefix:
-            index, key = self.dt._prefix_index(self.prefix, self.case_insensitive)
-            lo, hi = index.range(key)
-            rank = index.rank[ids]
-            ok &= (rank >= lo) & (rank < hi)
+        if not self.prefix:
+            return ~self.banned[ids]
+        index, key = self.dt._prefix_index(self.prefix, self.case_insensitive)
+        lo, hi = index.range(key)
+        rank = index.rank[ids]
+        ok = (rank >= lo) & (rank < hi)
+        ok[ok] = ~self.banned[ids[ok]]
         return ok
 
 
@@ -153,6 +164,7 @@ class SuggestionPolicy:
         self.config = config
         self.classes = WordClasses.of(vocab)
         self.forms = WordForms.of(vocab)
+        self._split_floor = math.log(len(self.forms.clitic_ids) + 1)
         self.sentence_end_ids = frozenset(i for i, t in enumerate(vocab) if t in SENTENCE_END)
         always = np.zeros(len(vocab), dtype=bool)
         always[np.asarray(banned_ids, dtype=np.int64)] = True
@@ -201,6 +213,7 @@ class SuggestionPolicy:
         after: After | None = None,
         extra: Sequence[tuple[str, float]] = (),
         cache: Mixture | None = None,
+        clitic_memo: dict[int, F64Array] | None = None,
         min_prob: float = 0.0,
         max_expansions: int | None = None,
         deadline: float | None = None,
@@ -211,6 +224,8 @@ class SuggestionPolicy:
         reach the top ``k`` are split into their contractions (:mod:`service.forms`).
         ``extra`` are more qualifying words, ``(text, log-probability)``, outside the tree.
         With ``cache``, probabilities are the session cache's mixture (:class:`Mixture`).
+        ``clitic_memo`` keeps the hosts' clitic log-probabilities for this context (they do not
+        depend on the prefix, so later keystrokes of the word reuse them).
         """
         typed_capital = prefix[:1].isupper()
         exempt = sentence_start or typed_capital
@@ -222,9 +237,11 @@ class SuggestionPolicy:
         # Uncached words have P_mix = (1 - lam) P_tree: the tree search's floor is raised to
         # match, and cached words below it are looked up on their own (_with_cache).
         tree_min_prob = min(min_prob / (1.0 - cache.lam), 1.0) if cache else min_prob
-        split: dict[int, F64Array] = {}  # host -> log P(clitic | host), once per request
-        simple = request.penalty == 0.0 and after is None and cache is None
-        n = k + len(held) if simple else 2 * k + len(held)
+        split = {} if clitic_memo is None else clitic_memo  # host -> log P(clitic | host)
+        # Enough for one search to settle as a rule: k words, the held-back ones the tree will
+        # pop again, and a few for capitals and hosts ranked down (if short, it searches again).
+        lowered = request.penalty != 0.0 or after is not None
+        n = k + self._held_in_tree(request) + (_SPARE if lowered else 0)
         while True:
             found = decode.top_k(
                 dt, hidden, n, min_prob=tree_min_prob, prefix=prefix or None,
@@ -237,13 +254,13 @@ class SuggestionPolicy:
                 bound = math.log(tree_min_prob) if tree_min_prob > 0.0 else -math.inf
             else:
                 bound = float(found.logprobs[-1])
-            tokens = self._scored_tokens(request, found, k, hidden, bound)
+            tokens = self._scored_tokens(request, found, k, hidden, bound, last=n >= _MAX_FETCH)
+            if tokens is None:  # a longer tree list is cheaper than many cached-word lookups
+                n = min(2 * n, _MAX_FETCH)
+                continue
             if after is not None:
                 tokens = self._with_forms(dt, tokens, k, held, after, split)
-            words: list[_Scored] = [
-                *tokens,
-                *((lp - request.penalty if t[:1].isupper() else lp, t, lp) for t, lp in extra),
-            ]
+            words: list[_Scored] = [*tokens, *self._best_extra(extra, request, k)]
             scored = sorted(
                 (
                     (score - HELD_PENALTY if word in held else score, word, lp)
@@ -264,7 +281,34 @@ class SuggestionPolicy:
                     exact=found.exact and (exhausted or settled),
                     unexplored_mass=found.unexplored_mass,
                 )
-            n = min(4 * n, _MAX_FETCH)
+            n = min(2 * n, _MAX_FETCH)
+
+    def _held_in_tree(self, request: _Request) -> int:
+        """How many held-back words the tree search can pop (their first token matches)."""
+        vocab = request.dt.vocab or []
+        if not request.prefix:
+            return sum(1 for word in request.held if not isinstance(word, str))
+        if request.case_insensitive:
+            key = request.prefix.casefold()
+            return sum(
+                1
+                for word in request.held
+                if not isinstance(word, str) and vocab[word[0]].casefold().startswith(key)
+            )
+        return sum(
+            1
+            for word in request.held
+            if not isinstance(word, str) and vocab[word[0]].startswith(request.prefix)
+        )
+
+    def _best_extra(
+        self, extra: Sequence[tuple[str, float]], request: _Request, k: int
+    ) -> list[_Scored]:
+        """The ``k`` best of the extra words (no other one can reach the top ``k``), ranked as
+        :meth:`top_k` ranks them (held-back words last)."""
+        penalty, held = request.penalty, request.held
+        scored = ((lp - penalty if t[:1].isupper() else lp, t, lp) for t, lp in extra)
+        return heapq.nlargest(k, scored, key=lambda w: w[0] - (HELD_PENALTY if w[1] in held else 0))
 
     def _scored_tokens(
         self,
@@ -273,13 +317,18 @@ class SuggestionPolicy:
         k: int,
         hidden: npt.NDArray[np.floating],
         bound: float,
-    ) -> list[_ScoredTokens]:
+        last: bool,
+    ) -> list[_ScoredTokens] | None:
         """The fetched words, and the cached ones that can reach the top ``k``, with their
-        ranking scores and (mixed) log-probabilities."""
+        ranking scores and (mixed) log-probabilities; None if more than
+        :data:`_MAX_CACHE_LOOKUPS` cached words would need looking up (unless ``last``)."""
         ids, logprobs = found.ids, found.logprobs
         cache = request.cache
         if cache is not None:
-            ids, logprobs = self._with_cache(request, ids, logprobs, k, hidden, bound)
+            mixed = self._with_cache(request, ids, logprobs, k, hidden, bound, last)
+            if mixed is None:
+                return None
+            ids, logprobs = mixed
         capitalised = self.classes.capitalised
         penalty = request.penalty
         return [
@@ -295,32 +344,58 @@ class SuggestionPolicy:
         k: int,
         hidden: npt.NDArray[np.floating],
         bound: float,
-    ) -> tuple[Tokens, F64Array]:
+        last: bool,
+    ) -> tuple[Tokens, F64Array] | None:
         """Mix the fetched words' probabilities with the cache's and add the qualifying cached
         words not fetched whose mixture can reach the ``k``-th best: such a word has
-        ``P_mix <= (1 - lam) e^bound + lam p_cache``."""
+        ``P_mix <= (1 - lam) e^bound + lam p_cache``. They are looked up most promising first,
+        a few at a time, until the next one's bound falls below the ``k``-th best found. When
+        the tree list is so short that its bound lets more than :data:`_MAX_CACHE_LOOKUPS`
+        through, None asks for a longer list instead (unless ``last``)."""
         cache = request.cache
         assert cache is not None
         lam, dist = cache.lam, cache.distribution
         mixed = mixture_log_probs(tree_lps, dist.probs_of(ids), lam)
-        others = dist.ids[~np.isin(dist.ids, ids) & request.qualifies(dist.ids)]
+        qualifying = request.qualifies(dist.ids)  # a typed prefix leaves few, so it goes first
+        others, others_p = dist.ids[qualifying], dist.probs[qualifying]  # ids ascending
         if others.size == 0:
             return ids, mixed
-        # The k-th best a cached word must reach: fetched words that no rule lowers further
-        # (not held, not a host that may split), less the capital penalty (conservative).
+        # np.isin costs ~30 µs whatever the sizes; the cached ids are sorted, so bisect them.
+        at = np.minimum(np.searchsorted(others, ids), others.size - 1)
+        unfetched = np.ones(others.size, dtype=bool)
+        unfetched[at[others[at] == ids]] = False
+        if not unfetched.any():
+            return ids, mixed
+        others, others_p = others[unfetched], others_p[unfetched]
+        reach = np.logaddexp(math.log1p(-lam) + bound, math.log(lam) + np.log(others_p))
+        order = np.argsort(-reach)
+        floors = self._floors(request, ids, mixed)
+        first_kth = floors[k - 1] if len(floors) >= k else -math.inf
+        if not last and np.count_nonzero(reach >= first_kth) > _MAX_CACHE_LOOKUPS:
+            return None
+        found_ids, found_lps = [ids], [mixed]
+        for start in range(0, order.size, _CACHE_LOOKUPS):
+            kth = floors[k - 1] if len(floors) >= k else -math.inf
+            if reach[order[start]] < kth:
+                break
+            chunk = order[start : start + _CACHE_LOOKUPS]
+            chunk_lps = mixture_log_probs(
+                decode.word_log_probs(request.dt, hidden, others[chunk]), others_p[chunk], lam
+            )
+            found_ids.append(others[chunk])
+            found_lps.append(chunk_lps)
+            floors = sorted([*floors, *self._floors(request, others[chunk], chunk_lps)])[::-1]
+        return np.concatenate(found_ids), np.concatenate(found_lps)
+
+    def _floors(self, request: _Request, ids: Tokens, lps: F64Array) -> list[float]:
+        """Lower bounds of the final scores of these words, best first (held words left out):
+        a capital's penalty taken off, and for a host the most a split can take from its best
+        part (its bare word and forms share its probability: one has 1 / (forms + 1) of it)."""
         kept = np.fromiter(((i,) not in request.held for i in ids.tolist()), bool, len(ids))
-        firm = kept & ~self.forms.is_host[ids]
-        firm_lps = np.sort(mixed[firm])[::-1]
-        kth = firm_lps[k - 1] - request.penalty if firm_lps.size >= k else -math.inf
-        cached_lp = math.log(lam) + np.log(dist.probs_of(others))
-        reach = np.logaddexp(math.log1p(-lam) + bound, cached_lp)
-        others = others[reach >= kth]
-        if others.size == 0:
-            return ids, mixed
-        others_lp = mixture_log_probs(
-            decode.word_log_probs(request.dt, hidden, others), dist.probs_of(others), lam
-        )
-        return np.concatenate([ids, others]), np.concatenate([mixed, others_lp])
+        lowest = lps - np.where(self.classes.capitalised[ids], request.penalty, 0.0)
+        lowest -= np.where(self.forms.is_host[ids], self._split_floor, 0.0)
+        floors: list[float] = np.sort(lowest[kept])[::-1].tolist()
+        return floors
 
     def _with_forms(
         self,

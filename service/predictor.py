@@ -222,6 +222,7 @@ class Predictor:
             self.tree, encoded.hidden, k, prefix=context.prefix, banned=banned, held=held,
             sentence_start=self.policy.starts_sentence(context.ids),
             after=after if config.contractions else None, extra=extra, cache=mixture,
+            clitic_memo=encoded.clitics,
             min_prob=min_prob, max_expansions=self.options.max_expansions, deadline=deadline,
         )  # fmt: skip
         if memory is not None:
@@ -250,7 +251,10 @@ class Predictor:
     ) -> list[tuple[str, float]]:
         """The session's unknown words that complete the prefix, with their share of
         ``P(<unk> | context)`` (:mod:`service.session_words`); learns the context's own."""
-        unknown = np.flatnonzero(context.ids[1:] == self.unk_id)
+        # Learn from a text only when it was read anew (keystrokes inside a word re-send it).
+        unknown = (
+            np.flatnonzero(context.ids[1:] == self.unk_id) if encoded.tokens is context.ids else ()
+        )
         if len(unknown):
             words.update(t for t in (context.tokens[i] for i in unknown) if t != UNK)
         matching = words.matching(context.prefix) if len(words) else []

@@ -30,6 +30,7 @@ class SessionWords:
 
     def __init__(self) -> None:
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._folded: dict[str, str] = {}  # word -> casefold(word), for completion
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -41,8 +42,9 @@ class SessionWords:
                 continue
             self._counts[word] = max(count, self._counts.get(word, 0))
             self._counts.move_to_end(word)
+            self._folded.setdefault(word, word.casefold())
         while len(self._counts) > MAX_WORDS:
-            self._counts.popitem(last=False)
+            del self._folded[self._counts.popitem(last=False)[0]]
 
     def matching(self, prefix: str) -> list[tuple[str, float]]:
         """``(word, log share of P(<unk>))`` of the words that complete ``prefix``:
@@ -53,6 +55,6 @@ class SessionWords:
         if prefix[:1].isupper():
             found = [(w, c) for w, c in self._counts.items() if w.startswith(prefix)]
         else:
-            folded = prefix.casefold()
-            found = [(w, c) for w, c in self._counts.items() if w.casefold().startswith(folded)]
+            key, folded = prefix.casefold(), self._folded
+            found = [(w, c) for w, c in self._counts.items() if folded[w].startswith(key)]
         return [(word, math.log(count / total)) for word, count in found]

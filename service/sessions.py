@@ -38,6 +38,11 @@ class EncodedText:
     tokens: Tokens
     state: Floats
     hidden: Floats
+    clitics: dict[int, npt.NDArray[np.float64]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """``log P(clitic | tokens, host)`` by host (:mod:`service.forms`), filled as requests need
+    them: every keystroke inside a word reads the same context, so it pays for a host once."""
 
 
 @dataclass(frozen=True)
