@@ -23,7 +23,15 @@ word), so :meth:`SuggestionPolicy.top_k` fetches the tree's exact top ``n`` unde
 filters and rescores them. Every word not fetched has log-probability, and hence score, at most
 that of the ``n``-th fetched word; once the ``k``-th best rescored word reaches that bound (or
 fewer than ``n`` words qualify at all), no unfetched word can enter the top ``k``, and the
-result is exact. Otherwise ``n`` grows fourfold and the search runs again.
+result is exact. Otherwise ``n`` doubles and the search runs again.
+
+Two more kinds of word join the ranking (each tested against brute force too): contractions
+(:mod:`service.forms`: a host's probability shared out between its bare word and its forms, so
+again only lowered), and, with a session, the continuous cache's mixture
+(:mod:`service.adaptation`), which *raises* the words in the cache: a word outside it has
+``P_mix = (1 - lam) P_tree``, so the tree's order holds among those and the bound above just
+shifts by ``log(1 - lam)``, while the qualifying cached words that could still reach the top
+``k`` are scored one by one (:meth:`SuggestionPolicy._with_cache`).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ HELD_PENALTY = 1e4
 _MIN_CLITIC_LOGPROB = math.log(MIN_CLITIC_PROB)
 
 _MAX_FETCH = 4096
+"""The largest rescoring fetch; past it the result is the best found (``exact=False``)."""
 
 _SPARE = 1
 """Words fetched beyond ``k`` when capitals or contractions may rank some down."""
@@ -64,7 +73,6 @@ _CACHE_LOOKUPS = 8
 
 _MAX_CACHE_LOOKUPS = 32
 """More candidates than this from the cache, and the tree list is lengthened instead."""
-"""The largest rescoring fetch; past it the result is the best found (``exact=False``)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from service.batcher import Batcher
 from service.bundle import Bundle
 from service.policy import Mixture, PolicyConfig, SuggestionPolicy
 from service.session_words import SessionWords
-from service.sessions import ContextCache, EncodedText, SessionCache, SessionMemory, Shown
+from service.sessions import ContextCache, EncodedText, SessionCache, Shown
 from service.text import UNK, detokenize, display_token, split_typed, tokenize
 
 Tokens = npt.NDArray[np.int64]
@@ -210,7 +210,7 @@ class Predictor:
         shown = None if memory is None or reoffer else memory.shown
         held = self.policy.held_back(shown, context.ids, context.prefix)
         config = self.policy.config
-        mixture = None if memory is None else self._mixture(memory, encoded.hidden)
+        mixture = None if memory is None else _mixture(memory.adaptation, encoded.hidden)
         extra = []
         if memory is not None and config.session_words:
             extra = self._session_words(memory.words, context, encoded, mixture)
@@ -234,13 +234,6 @@ class Predictor:
             for word, lp in zip(ranked.words, ranked.logprobs, strict=True)
         ]
         return _Found(suggestions, ranked.expansions, ranked.exact, ranked.unexplored_mass)
-
-    def _mixture(self, memory: SessionMemory, hidden: Floats) -> Mixture | None:
-        """The session cache's part of this request's probabilities (None while it is empty)."""
-        adaptation = memory.adaptation
-        if adaptation is None or adaptation.mixture_weight() == 0.0:
-            return None
-        return Mixture(adaptation.mixture_weight(), adaptation.distribution(hidden))
 
     def _session_words(
         self,
@@ -305,10 +298,7 @@ class Predictor:
         under the session cache's mixture at its position, with ``adaptation``)."""
 
         def log_probs(hidden: Floats, ids: Tokens) -> npt.NDArray[np.float64]:
-            if adaptation is None or adaptation.mixture_weight() == 0.0:
-                return decode.word_log_probs(self.tree, hidden, ids)
-            mixture = Mixture(adaptation.mixture_weight(), adaptation.cache.distribution(hidden))
-            return self._log_probs(hidden, ids, mixture)
+            return self._log_probs(hidden, ids, _mixture(adaptation, hidden))
 
         totals = [0.0] * len(sequences)
         firsts = [i for i, ids in enumerate(sequences) if ids]
@@ -404,6 +394,13 @@ class Predictor:
     def _step(self, ids: Tokens, state: Floats) -> tuple[Floats, Floats]:
         hidden, state_out = self.batcher.encode(ids[:, None], state)
         return hidden[:, 0], state_out
+
+
+def _mixture(adaptation: SessionAdaptation | None, hidden: Floats) -> Mixture | None:
+    """A session cache's part of the probabilities at ``hidden`` (None while it is empty)."""
+    if adaptation is None or adaptation.mixture_weight() == 0.0:
+        return None
+    return Mixture(adaptation.mixture_weight(), adaptation.distribution(hidden))
 
 
 def blocked_ids(vocab: Sequence[str], block_list: Sequence[str]) -> list[int]:
