@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -424,8 +425,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="keystrokes", help="benchmarks/results/NAME.json")
     args = parser.parse_args(argv)
     if args.data is None:
-        import os
-
         args.data = os.environ.get("NEXTWORD_DATA")
     if args.data is None and not args.text:
         parser.error("nothing to type: pass --data (or set NEXTWORD_DATA) and/or --text")

@@ -15,9 +15,10 @@ Nothing is trained: the model's own hidden vectors are the keys, ``theta`` (flat
 ``p_cache`` is undefined and ``P_mix = P_tree``: pass ``lam = 0`` then (:func:`session_lam`).
 
 Here: :class:`CacheConfig` (validated settings), :class:`ContinuousCache` (one session's ring
-buffer of pairs and its distribution), :func:`mixture_top_k` (the exact top-k of ``P_mix`` from
-the tree's exact top-n and the cached words) and :func:`mixture_log_probs` (scoring). All pure
-numpy; a cache is used by one request at a time (a session's), so it is not locked.
+buffer of pairs and its distribution), :class:`SessionAdaptation` (a cache fed from a session's
+texts) and :func:`mixture_log_probs`. The exact top-k under ``P_mix`` is ranked with the rest of
+the keyboard policy (:meth:`service.policy.SuggestionPolicy.top_k`). All pure numpy; a cache is
+used by one request at a time (a session's), so it is not locked.
 """
 
 from __future__ import annotations
@@ -254,18 +255,6 @@ def session_lam(cache: ContinuousCache, lam: float) -> float:
 # -- mixing ------------------------------------------------------------------------------------
 
 
-class MixedTopK(NamedTuple):
-    """The result of :func:`mixture_top_k`."""
-
-    ids: IntArray
-    """Word ids, most probable under the mixture first; at most ``k``."""
-    logprobs: F64Array
-    """Natural-log ``P_mix(word | h)`` of each id."""
-    exact: bool
-    """False when the tree's list was too short to prove the result: retry with a longer one
-    (``n = k + len(cache_ids)`` tree words always suffice)."""
-
-
 def mixture_log_probs(
     tree_logprobs: npt.ArrayLike, cache_probs: npt.ArrayLike, lam: float
 ) -> F64Array:
@@ -285,70 +274,6 @@ def mixture_log_probs(
     cache_lp = math.log(lam) + np.log(np.maximum(cache_p, 1e-300))
     mixed: F64Array = np.logaddexp(math.log1p(-lam) + tree_lp, cache_lp)
     return mixed
-
-
-def mixture_top_k(
-    tree_ids: npt.ArrayLike,
-    tree_logprobs: npt.ArrayLike,
-    tree_bound: float,
-    cache_ids: npt.ArrayLike,
-    cache_probs: npt.ArrayLike,
-    cache_tree_logprobs: npt.ArrayLike,
-    lam: float,
-    k: int,
-    *,
-    min_logprob: float = -math.inf,
-) -> MixedTopK:
-    """The exact top-``k`` qualifying words under ``P_mix = (1 - lam) P_tree + lam p_cache``.
-
-    ``tree_ids`` / ``tree_logprobs``: the tree's exact top-``n`` qualifying words, best first
-    (:func:`service.decode.top_k` with the caller's prefix and bans). ``tree_bound``: an upper
-    bound on ``log P_tree`` of every qualifying word not in that list: its last log-prob, or
-    ``-inf`` when the list holds every qualifying word. ``cache_ids`` / ``cache_probs``: the
-    *qualifying* cached words (the caller drops those its filters reject) and their
-    ``p_cache``, not renormalised; ``cache_tree_logprobs``: ``log P_tree`` of each
-    (:func:`service.decode.word_log_probs`). ``min_logprob``: a floor on ``log P_mix``; a tree
-    search for it may use the floor ``P_tree >= exp(min_logprob) / (1 - lam)``, which is exact
-    for uncached words.
-
-    ``n >= k + len(cache_ids)`` always gives an exact result; a shorter list may, and
-    :attr:`MixedTopK.exact` says whether it did.
-    """
-    # Why this is exact. A word outside the cache has P_mix = (1 - lam) P_tree, increasing in
-    # P_tree, so among uncached words the mixture keeps the tree's order; a cached word can only
-    # gain. Every word outside the candidates C = (cached words) U (uncached words of the tree's
-    # list) is uncached and unlisted, so its P_mix is at most B = (1 - lam) exp(tree_bound),
-    # while each uncached listed word has P_mix >= B. Hence the top-k of P_mix over all words
-    # is the top-k over C whenever the k-th best of C reaches B (ties at B are equally good
-    # answers), which holds as soon as C has k uncached listed words: n >= k + len(cache_ids).
-    # It also holds when B is below the floor or -inf (no unlisted word qualifies). The top-k
-    # thus lies within the tree's top-k uncached words U cached words.
-    _check_lam(lam)
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    t_ids = np.asarray(tree_ids, dtype=np.int64).reshape(-1)
-    t_lp = np.asarray(tree_logprobs, dtype=np.float64).reshape(-1)
-    c_ids = np.asarray(cache_ids, dtype=np.int64).reshape(-1)
-    c_p = np.asarray(cache_probs, dtype=np.float64).reshape(-1)
-    c_tree_lp = np.asarray(cache_tree_logprobs, dtype=np.float64).reshape(-1)
-    if t_ids.shape != t_lp.shape or not c_ids.shape == c_p.shape == c_tree_lp.shape:
-        raise ValueError("ids and their probabilities must have the same lengths")
-    if lam == 0.0:
-        c_ids, c_p, c_tree_lp = _NO_IDS, _NO_PROBS, _NO_PROBS
-    uncached = ~np.isin(t_ids, c_ids)
-    # Candidates in the tree's order first, then the cached words the list lacks: a stable sort
-    # keeps the tree's order among equal mixture probabilities.
-    ids = np.concatenate([t_ids[uncached], c_ids])
-    scale = math.log1p(-lam)
-    mixed = np.concatenate([scale + t_lp[uncached], mixture_log_probs(c_tree_lp, c_p, lam)])
-    keep = mixed >= min_logprob
-    ids, mixed = ids[keep], mixed[keep]
-    order = np.argsort(-mixed, kind="stable")[:k]
-    bound = scale + tree_bound  # no unlisted word has a larger log P_mix
-    unlisted_may_qualify = bound > -math.inf and bound >= min_logprob
-    full = order.size == k and (k == 0 or mixed[order[-1]] >= bound)
-    proven = full or not unlisted_may_qualify
-    return MixedTopK(ids[order], mixed[order], bool(proven))
 
 
 def _check_lam(lam: float) -> None:

@@ -294,19 +294,12 @@ class SuggestionPolicy:
     def _held_in_tree(self, request: _Request) -> int:
         """How many held-back words the tree search can pop (their first token matches)."""
         vocab = request.dt.vocab or []
-        if not request.prefix:
-            return sum(1 for word in request.held if not isinstance(word, str))
-        if request.case_insensitive:
-            key = request.prefix.casefold()
-            return sum(
-                1
-                for word in request.held
-                if not isinstance(word, str) and vocab[word[0]].casefold().startswith(key)
-            )
+        fold = str.casefold if request.case_insensitive else str
+        key = fold(request.prefix)
         return sum(
             1
             for word in request.held
-            if not isinstance(word, str) and vocab[word[0]].startswith(request.prefix)
+            if not isinstance(word, str) and fold(vocab[word[0]]).startswith(key)
         )
 
     def _best_extra(

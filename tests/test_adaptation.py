@@ -18,16 +18,12 @@ from hypothesis import strategies as st
 
 from service.adaptation import (
     CacheConfig,
-    CacheDistribution,
     ContinuousCache,
     mixture_log_probs,
-    mixture_top_k,
     quantize,
     session_lam,
     state_bytes,
 )
-from service.decode import DecodeTree, brute_force_log_probs, top_k, word_log_probs
-from service.tree import Tree
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TOL = 1e-9
@@ -218,172 +214,7 @@ def test_config_defaults_and_off() -> None:
     assert (cache.size, cache.theta, cache.dtype, cache.hidden_size) == (7, 0.9, np.float32, 5)
 
 
-# -- the mixture against brute force -----------------------------------------------------------
-
-
-def tree_list(
-    tree_lp: npt.NDArray[np.float64], qualifying: npt.NDArray[np.bool_], n: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], float]:
-    """What decode.top_k hands over: the top-n qualifying words and the bound on the rest."""
-    words = np.flatnonzero(qualifying)
-    order = words[np.argsort(-tree_lp[words], kind="stable")]
-    listed = order[:n]
-    if listed.size == words.size:
-        bound = -math.inf
-    else:  # an empty list bounds nothing below log 1
-        bound = float(tree_lp[listed[-1]]) if listed.size else 0.0
-    return listed, tree_lp[listed], bound
-
-
-def check_against_brute_force(
-    ids: npt.NDArray[np.int64],
-    logprobs: npt.NDArray[np.float64],
-    mixed: npt.NDArray[np.float64],
-    qualifying: npt.NDArray[np.bool_],
-    k: int,
-    tol: float = TOL,
-) -> None:
-    """``ids`` is a valid exact top-k of ``mixed`` over the qualifying words (ties allowed)."""
-    eligible = np.flatnonzero(qualifying)
-    assert ids.size == min(k, eligible.size)
-    assert len(set(ids.tolist())) == ids.size
-    assert qualifying[ids].all()
-    np.testing.assert_allclose(logprobs, mixed[ids], atol=tol, rtol=0)
-    assert (np.diff(logprobs) <= tol).all()
-    rest = np.setdiff1d(eligible, ids)
-    if ids.size and rest.size:
-        assert logprobs[-1] >= mixed[rest].max() - tol
-
-
-@st.composite
-def mixtures(draw: st.DrawFn) -> dict[str, object]:
-    num_words = draw(st.integers(2, 40))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    levels = draw(st.integers(1, 6))  # few distinct logits: ties are common
-    logits = rng.integers(0, levels, num_words) * draw(st.sampled_from([0.5, 1.0, 3.0]))
-    tree_lp = logits - np.logaddexp.reduce(logits)
-    cached = rng.choice(num_words, draw(st.integers(0, num_words)), replace=False)
-    raw = rng.integers(1, 4, cached.size).astype(np.float64)  # ties in the cache too
-    cache_p = np.zeros(num_words)
-    cache_p[cached] = raw / raw.sum() if raw.size else raw
-    qualifying = rng.random(num_words) < draw(st.sampled_from([1.0, 0.7, 0.3]))
-    return {
-        "tree_lp": tree_lp,
-        "cache_p": cache_p,
-        "qualifying": qualifying,
-        "lam": draw(st.sampled_from([0.0, 0.05, 0.3, 0.5, 0.9])),
-        "k": draw(st.integers(0, 12)),
-        "extra": draw(st.integers(-12, 6)),
-        "floor": draw(st.sampled_from([-math.inf, -math.inf, math.log(0.02), math.log(0.2)])),
-    }
-
-
-@given(case=mixtures())
-@SETTINGS
-def test_mixture_top_k_equals_brute_force(case: dict[str, npt.NDArray[np.float64]]) -> None:
-    tree_lp, cache_p, lam, k = case["tree_lp"], case["cache_p"], float(case["lam"]), int(case["k"])
-    qualifying, floor = case["qualifying"], float(case["floor"])
-    cached = np.flatnonzero((cache_p > 0) & qualifying)  # the caller passes qualifying ones only
-    n = max(0, k + cached.size + int(case["extra"]))  # extra < 0: maybe too short a list
-    listed, listed_lp, bound = tree_list(tree_lp, qualifying, n)
-    result = mixture_top_k(
-        listed, listed_lp, bound, cached, cache_p[cached], tree_lp[cached], lam, k,
-        min_logprob=floor,
-    )  # fmt: skip
-    mixed = mixture_log_probs(tree_lp, cache_p, lam)
-    if n >= k + cached.size:
-        assert result.exact
-    if result.exact:
-        check_against_brute_force(
-            result.ids, result.logprobs, mixed, qualifying & (mixed >= floor), k
-        )
-    else:  # what it returns is still correct mixture probabilities of qualifying words
-        assert qualifying[result.ids].all()
-        np.testing.assert_allclose(result.logprobs, mixed[result.ids], atol=TOL, rtol=0)
-
-
-def test_a_cached_word_outside_the_trees_top_k_wins() -> None:
-    tree_lp = np.log([0.5, 0.3, 0.15, 0.04, 0.01])
-    cache_p = np.array([0.0, 0.0, 0.0, 0.0, 1.0])  # only the least likely word is cached
-    listed, listed_lp, bound = tree_list(tree_lp, np.ones(5, bool), 3)
-    result = mixture_top_k(listed, listed_lp, bound, [4], [1.0], tree_lp[[4]], 0.5, 2)
-    assert result.exact
-    np.testing.assert_array_equal(result.ids, [4, 0])  # 0.5 * 0.01 + 0.5 > 0.5 * 0.5
-    np.testing.assert_allclose(np.exp(result.logprobs), [0.5 * 0.01 + 0.5, 0.5 * 0.5])
-    mixed = mixture_log_probs(tree_lp, cache_p, 0.5)
-    check_against_brute_force(result.ids, result.logprobs, mixed, np.ones(5, bool), 2)
-
-
-def test_too_short_a_list_is_reported() -> None:
-    tree_lp = np.log([0.4, 0.3, 0.2, 0.1])
-    # Words 0 and 1 are cached with tiny p_cache; the list stops at word 1, so word 2 (unlisted)
-    # might beat them and the result cannot be proven.
-    result = mixture_top_k([0, 1], tree_lp[:2], tree_lp[1], [0, 1], [0.0, 0.0], tree_lp[:2], 0.5, 2)
-    assert result.exact  # both listed words keep 0.5 * P >= the bound 0.5 * 0.3: proven
-    result = mixture_top_k([0, 1], tree_lp[:2], tree_lp[1], [0, 1], [0.0, 0.0], tree_lp[:2], 0.5, 3)
-    assert not result.exact
-    with pytest.raises(ValueError, match="lam"):
-        mixture_top_k([0], [0.0], -math.inf, [], [], [], 1.0, 1)
-    with pytest.raises(ValueError, match="k must"):
-        mixture_top_k([0], [0.0], -math.inf, [], [], [], 0.5, -1)
-    with pytest.raises(ValueError, match="lengths"):
-        mixture_top_k([0, 1], [0.0], -math.inf, [], [], [], 0.5, 1)
-
-
-# -- end to end on a real tree -----------------------------------------------------------------
-
-
-def random_tree(num_leaves: int, rng: np.random.Generator) -> Tree:
-    """Merge 2-3 random nodes under a new parent until one is left (ids grow upwards)."""
-    pool, child_ptr, children = list(range(num_leaves)), [0], []
-    while len(pool) > 1:
-        count = min(len(pool), int(rng.integers(2, 4)))
-        picked = sorted(rng.choice(len(pool), count, replace=False).tolist(), reverse=True)
-        children += [pool.pop(i) for i in picked]
-        child_ptr.append(len(children))
-        pool.append(num_leaves + len(child_ptr) - 2)
-    return Tree(num_leaves, child_ptr, children)
-
-
-@pytest.fixture(scope="module")
-def decode_tree() -> DecodeTree:
-    rng = np.random.default_rng(7)
-    num_words, d = 60, 6
-    tree = random_tree(num_words, rng)
-    weight = rng.standard_normal((num_words - 1, d)).astype(np.float32)
-    bias = rng.standard_normal(num_words - 1).astype(np.float32)
-    vocab = [f"{'abc'[i % 3]}{i}" for i in range(num_words)]
-    return DecodeTree(tree, weight, bias, vocab)
-
-
-@pytest.mark.parametrize("prefix", [None, "a", "b1"])
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_mixture_over_a_real_tree(decode_tree: DecodeTree, prefix: str | None, dtype: str) -> None:
-    rng = np.random.default_rng(3)
-    d, lam, k = decode_tree.hidden_size, 0.3, 5
-    cache = ContinuousCache(25, d, theta=0.8, dtype=dtype)
-    cache.add(rng.standard_normal((40, d)), rng.integers(0, decode_tree.num_words, 40))
-    vocab = decode_tree.vocab or []
-    qualifying = np.array([prefix is None or w.startswith(prefix) for w in vocab])
-    banned = decode_tree.ban_mask([1, 4])
-    qualifying &= ~banned
-    for h in rng.standard_normal((6, d)).astype(np.float32):
-        dist: CacheDistribution = cache.distribution(h)
-        keep = qualifying[dist.ids]
-        cached, cached_p = dist.ids[keep], dist.probs[keep]
-        n = k + cached.size
-        found = top_k(decode_tree, h, n, prefix=prefix, banned=banned)
-        bound = found.logprobs[-1] if found.ids.size == n else -math.inf
-        result = mixture_top_k(
-            found.ids, found.logprobs, bound, cached, cached_p,
-            word_log_probs(decode_tree, h, cached), session_lam(cache, lam), k,
-        )  # fmt: skip
-        assert result.exact
-        all_lp = brute_force_log_probs(decode_tree, h)
-        mixed = mixture_log_probs(all_lp, dist.probs_of(np.arange(decode_tree.num_words)), lam)
-        check_against_brute_force(result.ids, result.logprobs, mixed, qualifying, k, tol=1e-6)
-        # Scoring every word: the mixture is a distribution.
-        assert np.exp(mixed).sum() == pytest.approx(1.0, abs=1e-9)
+# -- mixing (the exact top-k under the mixture is service.policy's: tests/test_policy.py) -----
 
 
 @given(
