@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from service import adaptation_kernels as kernels
+
 IntArray = npt.NDArray[np.int64]
 F64Array = npt.NDArray[np.float64]
 F32Array = npt.NDArray[np.float32]
+I8Array = npt.NDArray[np.int8]
 
 DTYPES = ("int8", "float16", "float32")
 """Storage types of the cached hidden vectors (scores are computed in float32 either way).
@@ -146,7 +149,7 @@ class ContinuousCache:
         self._hidden: npt.NDArray[np.generic] = np.zeros((0, hidden_size), dtype=self.dtype)
         self._scale: F32Array = np.zeros(0, dtype=_SCALE_DTYPE)  # int8 only
         self._next: npt.NDArray[np.int32] = np.zeros(0, dtype=_ID_DTYPE)
-        self._words: tuple[IntArray, IntArray] | None = None  # np.unique of _next, until an add
+        self._order: IntArray = np.zeros(0, dtype=np.int64)  # live slots by (word, slot)
         self._head = 0  # slot of the oldest pair; 0 until the buffer is full and wraps
         self._count = 0
 
@@ -166,8 +169,8 @@ class ContinuousCache:
         self._hidden = self._hidden[:0].copy()
         self._scale = self._scale[:0].copy()
         self._next = self._next[:0].copy()
+        self._order = self._order[:0].copy()
         self._head = self._count = 0
-        self._words = None
 
     def add(self, hiddens: npt.ArrayLike, next_ids: npt.ArrayLike) -> None:
         """Append pairs ``hiddens (T, d)``, ``next_ids (T,)``; the oldest go past ``size``."""
@@ -189,14 +192,22 @@ class ContinuousCache:
         capacity = self._next.shape[0]
         slots = (self._head + self._count + np.arange(added)) % capacity
         if self.dtype == np.int8:
-            self._hidden[slots], self._scale[slots] = quantize(h)
+            kernels.put_int8(self._steps(), self._scale, slots, np.ascontiguousarray(h))
         else:
             self._hidden[slots] = h  # rounds to float16 when stored as such
-        self._next[slots] = ids
-        self._words = None
         overflow = max(0, self._count + added - capacity)
         self._head = (self._head + overflow) % capacity
-        self._count = min(capacity, self._count + added)
+        self._put_words(slots, ids, min(capacity, self._count + added))
+
+    def _put_words(self, slots: IntArray, ids: IntArray, count: int) -> None:
+        """Store the next words of ``slots`` and keep :attr:`_order` sorted (a keystroke adds a
+        pair or two: each moves one slot; a long read sorts afresh)."""
+        if 4 * ids.size < self._count:
+            self._count = kernels.put_words(self._next, self._order, self._count, slots, ids)
+            return
+        self._next[slots] = ids
+        self._order[:count] = np.argsort(self._next[:count], kind="stable")
+        self._count = count
 
     def _reserve(self, needed: int) -> None:
         capacity = self._next.shape[0]
@@ -206,13 +217,19 @@ class ContinuousCache:
         new = min(self.size, max(needed, 2 * capacity, 16))
         hidden = np.zeros((new, self.hidden_size), dtype=self.dtype)
         ids = np.zeros(new, dtype=_ID_DTYPE)
+        order = np.zeros(new, dtype=np.int64)
         hidden[: self._count] = self._hidden[: self._count]
         ids[: self._count] = self._next[: self._count]
-        self._hidden, self._next = hidden, ids
+        order[: self._count] = self._order[: self._count]
+        self._hidden, self._next, self._order = hidden, ids, order
         if self.dtype == np.int8:
             scale = np.zeros(new, dtype=_SCALE_DTYPE)
             scale[: self._count] = self._scale[: self._count]
             self._scale = scale
+
+    def _steps(self) -> npt.NDArray[np.int8]:
+        """The stored vectors as int8 steps (``dtype`` int8 only)."""
+        return cast(I8Array, self._hidden)  # an alias: subscripting at run time costs µs
 
     def pairs(self) -> tuple[F32Array, IntArray]:
         """The cached pairs oldest first: ``hiddens (n, d)`` float32 and ``next_ids (n,)``."""
@@ -224,26 +241,24 @@ class ContinuousCache:
 
     def distribution(self, hidden: npt.ArrayLike) -> CacheDistribution:
         """``p_cache(w | h)`` over the distinct cached words; empty when the cache is empty."""
-        h = np.asarray(hidden, dtype=np.float32).reshape(-1)
+        h = np.ascontiguousarray(hidden, dtype=np.float32).reshape(-1)
         if h.shape != (self.hidden_size,):
             raise ValueError(f"hidden must have shape ({self.hidden_size},), got {h.shape}")
-        if self._count == 0:
+        count = self._count
+        if count == 0:
             return CacheDistribution(_NO_IDS, _NO_PROBS)
-        # Slots [0, count) are the live ones: the buffer wraps only once it is full. Order does
-        # not matter to a sum.
-        stored = self._hidden[: self._count]
-        dots = stored.astype(np.float32, copy=False) @ h  # (n,)
+        # Slots [0, count) are the live ones: the buffer wraps only once it is full.
+        dots = np.empty(count, dtype=np.float64)
         if self.dtype == np.int8:
-            dots *= self._scale[: self._count]
-        logits = self.theta * dots.astype(np.float64)
-        weights = np.exp(logits - logits.max())  # stable softmax; the largest weight is 1
-        if self._words is None:  # the same for every keystroke until the next add
-            unique, slot_word = np.unique(self._next[: self._count], return_inverse=True)
-            self._words = unique.astype(np.int64), slot_word.reshape(-1).astype(np.int64)
-        ids, slot_word = self._words
-        mass = np.bincount(slot_word, weights=weights, minlength=ids.size)
-        probs: F64Array = mass / weights.sum()
-        return CacheDistribution(ids, probs)
+            kernels.int8_dots(self._steps(), self._scale, h, count, dots)
+        else:
+            dots[:] = self._hidden[:count].astype(np.float32, copy=False) @ h
+        ids = np.empty(count, dtype=np.int64)
+        probs = np.empty(count, dtype=np.float64)
+        distinct = kernels.grouped_softmax(
+            dots, self.theta, self._next, self._order, count, ids, probs
+        )
+        return CacheDistribution(ids[:distinct], probs[:distinct])
 
 
 def session_lam(cache: ContinuousCache, lam: float) -> float:
@@ -318,6 +333,17 @@ class SessionAdaptation:
         found = self.cache.distribution(hidden)
         self._last = (hidden, self._reads, found)
         return found
+
+
+def warm_up(hidden_size: int) -> None:
+    """Compile (or load from numba's cache) every kernel a cache runs, for each storage type:
+    the first keystroke-sized add of a process would otherwise pay ~3 ms for it."""
+    h = np.ones((8, hidden_size), dtype=np.float32)
+    for dtype in DTYPES:
+        cache = ContinuousCache(8, hidden_size, theta=1.0, dtype=dtype)
+        cache.add(h, np.arange(8))  # sorts afresh
+        cache.add(h[:1], [4])  # moves one slot
+        cache.distribution(h[0])
 
 
 def _shared_length(a: IntArray, b: IntArray) -> int:

@@ -1,4 +1,6 @@
-"""Compiled inner loops of :mod:`service.decode` (numba, ``nogil``). Private to that module.
+"""Compiled inner loops of :mod:`service.decode` (numba, ``nogil``). Private to that module,
+but for the compile settings (:func:`kernel_jit`, :data:`DOT_MATH`) that
+:mod:`service.adaptation_kernels` shares.
 
 Everything here works on the flat encoding of :mod:`service.tree` (leaves ``0..V-1``, internal
 node ``n`` has internal index ``i = n - V``, children in CSR ``child_ptr`` / ``children``, child
@@ -45,10 +47,12 @@ F32Array = npt.NDArray[np.float32]
 # search compares against -inf thresholds. The helpers are inlined into the searches at numba's
 # level (a call passing five arrays costs ~45 ns, as much as the dot product), and inlined code
 # takes its caller's flags, so every kernel that computes logits carries them.
-_DOT_MATH = {"reassoc", "contract", "nsz", "arcp"}
+DOT_MATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-def _jit(**options: Any) -> Callable[[F], F]:
+def kernel_jit(**options: Any) -> Callable[[F], F]:
+    """``numba.njit`` as every kernel of the service is compiled (also
+    :mod:`service.adaptation_kernels`): ``nogil``, cached on disk, no reference counting."""
     # Kernels only borrow their caller's arrays and never allocate, so they run without numba's
     # reference counting (``_nrt=False``): with it, every array handed to an inlined helper (the
     # heap, the filters, the weights) cost an atomic incref/decref pair per call, about a
@@ -83,7 +87,7 @@ def entry_point(kernel: Callable[..., R], args: tuple[Any, ...]) -> Callable[...
 # -- scalar helpers ----------------------------------------------------------------------------
 
 
-@_jit(fastmath=_DOT_MATH, inline="always")
+@kernel_jit(fastmath=DOT_MATH, inline="always")
 def row_logit(weight: F32Array, bias: F32Array, row: int, h: F32Array) -> float:
     """``weight[row] . h + bias[row]`` accumulated in float64."""
     acc = 0.0
@@ -93,7 +97,7 @@ def row_logit(weight: F32Array, bias: F32Array, row: int, h: F32Array) -> float:
     return float(acc + bias[row])
 
 
-@_jit(fastmath=_DOT_MATH, inline="always")
+@kernel_jit(fastmath=DOT_MATH, inline="always")
 def child_log_probs(
     child_ptr: IntArray,
     weight: F32Array,
@@ -136,12 +140,12 @@ def marks_words(num_nodes: int) -> int:
     return (num_nodes + 63) >> 6
 
 
-@_jit(inline="always")
+@kernel_jit(inline="always")
 def is_marked(node_marks: MarkArray, node: int) -> bool:
     return bool((node_marks[node >> 6] >> np.uint64(node & 63)) & np.uint64(1))
 
 
-@_jit(inline="always")
+@kernel_jit(inline="always")
 def admissible(
     node: int,
     lp: float,
@@ -170,7 +174,7 @@ def admissible(
 # -- the heap ----------------------------------------------------------------------------------
 
 
-@_jit(inline="always")
+@kernel_jit(inline="always")
 def heap_push(heap_lp: F64Array, heap_node: IntArray, size: int, lp: float, node: int) -> int:
     """Insert into a heap that has room for it; return the new size."""
     pos = size
@@ -186,7 +190,7 @@ def heap_push(heap_lp: F64Array, heap_node: IntArray, size: int, lp: float, node
     return size + 1
 
 
-@_jit(inline="always")
+@kernel_jit(inline="always")
 def heap_replace_top(
     heap_lp: F64Array, heap_node: IntArray, size: int, lp: float, node: int
 ) -> None:
@@ -214,7 +218,7 @@ def heap_replace_top(
     heap_node[pos] = node
 
 
-@_jit(inline="always")
+@kernel_jit(inline="always")
 def heap_pop(heap_lp: F64Array, heap_node: IntArray, size: int) -> int:
     """Remove the top entry (read it first); return the new size."""
     size -= 1
@@ -226,7 +230,7 @@ def heap_pop(heap_lp: F64Array, heap_node: IntArray, size: int) -> int:
 # -- the searches ------------------------------------------------------------------------------
 
 
-@_jit(fastmath=_DOT_MATH)
+@kernel_jit(fastmath=DOT_MATH)
 def best_first(
     child_ptr: IntArray,
     children: IntArray,
@@ -318,7 +322,7 @@ def best_first(
     return size, n_out, expansions, max(mass, 0.0)  # rounding may leave -1e-17 for 0
 
 
-@_jit(fastmath=_DOT_MATH)
+@kernel_jit(fastmath=DOT_MATH)
 def greedy_fill(
     child_ptr: IntArray,
     children: IntArray,
@@ -385,7 +389,7 @@ def greedy_fill(
     return n_out, expansions
 
 
-@_jit()
+@kernel_jit()
 def mark_ancestors(
     order: IntArray,
     lo: int,
@@ -410,7 +414,7 @@ def mark_ancestors(
             node = parent[node]
 
 
-@_jit(fastmath=_DOT_MATH)
+@kernel_jit(fastmath=DOT_MATH)
 def path_log_probs(
     child_ptr: IntArray,
     parent: IntArray,
@@ -435,7 +439,7 @@ def path_log_probs(
         out[n] = total
 
 
-@_jit(fastmath=_DOT_MATH)
+@kernel_jit(fastmath=DOT_MATH)
 def start_search(
     child_ptr: IntArray,
     children: IntArray,

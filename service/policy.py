@@ -74,6 +74,19 @@ _CACHE_LOOKUPS = 8
 _MAX_CACHE_LOOKUPS = 32
 """More candidates than this from the cache, and the tree list is lengthened instead."""
 
+_CACHE_FETCH_FACTOR = 2
+"""The first tree list is this much longer at a word start with a session cache: behind a
+short list's bound, a full cache lets more than :data:`_MAX_CACHE_LOOKUPS` words through, and
+a second search cost more than the longer first one (benchmarks/http_latency.py's full-cache
+keystrokes at a word start: 0.58 -> 0.53 ms mean in-process)."""
+
+
+def _cache_floor(kth: float, uncached_mass: float, lam: float) -> float:
+    """The least ``p_cache`` with which an unfetched word's mixture bound,
+    ``uncached_mass + lam p_cache``, reaches the log-probability ``kth`` (a hair lower, so that
+    rounding never drops a word that could tie)."""
+    return (math.exp(kth) * (1.0 - 1e-9) - uncached_mass) / lam
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -250,6 +263,8 @@ class SuggestionPolicy:
         # pop again, and a few for capitals and hosts ranked down (if short, it searches again).
         lowered = request.penalty != 0.0 or after is not None
         n = k + self._held_in_tree(request) + (_SPARE if lowered else 0)
+        if cache is not None and not prefix:
+            n *= _CACHE_FETCH_FACTOR
         while True:
             found = decode.top_k(
                 dt, hidden, n, min_prob=tree_min_prob, prefix=prefix or None,
@@ -267,7 +282,7 @@ class SuggestionPolicy:
                 n = min(2 * n, _MAX_FETCH)
                 continue
             if after is not None:
-                tokens = self._with_forms(dt, tokens, k, held, after, split)
+                tokens = self._with_forms(dt, tokens, k, request, after, split)
             words: list[_Scored] = [*tokens, *self._best_extra(extra, request, k)]
             scored = sorted(
                 (
@@ -349,52 +364,55 @@ class SuggestionPolicy:
     ) -> tuple[Tokens, F64Array] | None:
         """Mix the fetched words' probabilities with the cache's and add the qualifying cached
         words not fetched whose mixture can reach the ``k``-th best: such a word has
-        ``P_mix <= (1 - lam) e^bound + lam p_cache``. They are looked up most promising first,
-        a few at a time, until the next one's bound falls below the ``k``-th best found. When
-        the tree list is so short that its bound lets more than :data:`_MAX_CACHE_LOOKUPS`
-        through, None asks for a longer list instead (unless ``last``)."""
+        ``P_mix <= (1 - lam) e^bound + lam p_cache``, so it can only if ``p_cache`` is at least
+        :func:`_cache_floor` of the ``k``-th best. They are looked up most probable first, a
+        few at a time, until the next one falls below that floor. When the tree list is so
+        short that its bound lets more than :data:`_MAX_CACHE_LOOKUPS` through, None asks for
+        a longer list instead (unless ``last``)."""
         cache = request.cache
         assert cache is not None
         lam, dist = cache.lam, cache.distribution
         mixed = mixture_log_probs(tree_lps, dist.probs_of(ids), lam)
-        qualifying = request.qualifies(dist.ids)  # a typed prefix leaves few, so it goes first
-        others, others_p = dist.ids[qualifying], dist.probs[qualifying]  # ids ascending
-        if others.size == 0:
-            return ids, mixed
-        # np.isin costs ~30 µs whatever the sizes; the cached ids are sorted, so bisect them.
-        at = np.minimum(np.searchsorted(others, ids), others.size - 1)
-        unfetched = np.ones(others.size, dtype=bool)
-        unfetched[at[others[at] == ids]] = False
-        if not unfetched.any():
-            return ids, mixed
-        others, others_p = others[unfetched], others_p[unfetched]
-        reach = np.logaddexp(math.log1p(-lam) + bound, math.log(lam) + np.log(others_p))
-        order = np.argsort(-reach)
+        uncached_mass = (1.0 - lam) * math.exp(bound)
         floors = self._floors(request, ids, mixed)
-        first_kth = floors[k - 1] if len(floors) >= k else -math.inf
-        if not last and np.count_nonzero(reach >= first_kth) > _MAX_CACHE_LOOKUPS:
+        kth = floors[k - 1] if len(floors) >= k else -math.inf
+        # The few that can reach first (one comparison over the cache), then the filters.
+        reach = dist.probs >= _cache_floor(kth, uncached_mass, lam)
+        others, others_p = dist.ids[reach], dist.probs[reach]
+        qualifying = request.qualifies(others)
+        others, others_p = others[qualifying], others_p[qualifying]
+        fetched = set(ids.tolist())
+        todo = [i for i, word in enumerate(others.tolist()) if word not in fetched]
+        if not todo:
+            return ids, mixed
+        if not last and len(todo) > _MAX_CACHE_LOOKUPS:
             return None
+        order = np.argsort(-others_p[todo], kind="stable")  # most probable first
+        others, others_p = others[todo][order], others_p[todo][order]
         found_ids, found_lps = [ids], [mixed]
-        for start in range(0, order.size, _CACHE_LOOKUPS):
+        for start in range(0, others.size, _CACHE_LOOKUPS):
             kth = floors[k - 1] if len(floors) >= k else -math.inf
-            if reach[order[start]] < kth:
+            if others_p[start] < _cache_floor(kth, uncached_mass, lam):
                 break
-            chunk = order[start : start + _CACHE_LOOKUPS]
+            part = slice(start, start + _CACHE_LOOKUPS)
+            chunk, chunk_p = others[part], others_p[part]
             chunk_lps = mixture_log_probs(
-                decode.word_log_probs(request.dt, hidden, others[chunk]), others_p[chunk], lam
+                decode.word_log_probs(request.dt, hidden, chunk), chunk_p, lam
             )
-            found_ids.append(others[chunk])
+            found_ids.append(chunk)
             found_lps.append(chunk_lps)
-            floors = sorted([*floors, *self._floors(request, others[chunk], chunk_lps)])[::-1]
+            floors = sorted([*floors, *self._floors(request, chunk, chunk_lps)])[::-1]
         return np.concatenate(found_ids), np.concatenate(found_lps)
 
     def _floors(self, request: _Request, ids: Tokens, lps: F64Array) -> list[float]:
-        """Lower bounds of the final scores of these words, best first (held words left out):
-        a capital's penalty taken off, and for a host the most a split can take from its best
-        part (its bare word and forms share its probability: one has 1 / (forms + 1) of it)."""
+        """Lower bounds of the final scores of these words, best first: for a host the most a
+        split can take from its best part (its bare word and forms share its probability: one
+        has 1 / (forms + 1) of it), then a capital's penalty. Left out: held words, and words
+        whose best part may fall below ``min_prob`` (dropped, they fill no slot)."""
+        part_lps = lps - np.where(self.forms.is_host[ids], self._split_floor, 0.0)
         kept = np.fromiter(((i,) not in request.held for i in ids.tolist()), bool, len(ids))
-        lowest = lps - np.where(self.classes.capitalised[ids], request.penalty, 0.0)
-        lowest -= np.where(self.forms.is_host[ids], self._split_floor, 0.0)
+        kept &= part_lps >= request.min_lp
+        lowest = part_lps - np.where(self.classes.capitalised[ids], request.penalty, 0.0)
         floors: list[float] = np.sort(lowest[kept])[::-1].tolist()
         return floors
 
@@ -403,16 +421,21 @@ class SuggestionPolicy:
         dt: decode.DecodeTree,
         words: list[_ScoredTokens],
         k: int,
-        held: frozenset[Word],
+        request: _Request,
         after: After,
         split: dict[int, F64Array],
     ) -> list[_ScoredTokens]:
         """``words`` with each host that can reach the top ``k`` replaced by its bare word and
         its contractions. A host scoring below ``k`` shown non-hosts cannot: its forms score
-        no higher than it does."""
-        is_host = self.forms.is_host
+        no higher than it does (only words that will be shown count: not held, not below
+        ``min_prob``)."""
+        is_host, held, min_lp = self.forms.is_host, request.held, request.min_lp
         plain = sorted(
-            (score for score, word, _ in words if not is_host[word[0]] and word not in held),
+            (
+                score
+                for score, word, lp in words
+                if not is_host[word[0]] and word not in held and lp >= min_lp
+            ),
             reverse=True,
         )
         floor = plain[k - 1] if len(plain) >= k else -math.inf

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from service import decode
+from service import adaptation, decode
 from service.adaptation import CacheConfig
 from service.admission import Admission
 from service.batcher import Batcher
@@ -105,6 +105,7 @@ def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     encoder.warm_up(bundle.eos_id)
     decode_tree = decode.DecodeTree.from_bundle(bundle)
     decode.warm_up(decode_tree)
+    adaptation.warm_up(decode_tree.hidden_size)
     batcher = Batcher(
         encoder,
         max_batch_size=settings.max_batch_size,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from unittest.mock import patch
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from service_fakes import VOCAB
 from test_decode import SETTINGS, TOL, Case, cases
 
 from service import decode
+from service import policy as policy_module
 from service.adaptation import CacheDistribution
 from service.decode import DecodeTree, brute_force_log_probs
 from service.forms import MIN_CLITIC_PROB
@@ -120,10 +122,10 @@ def test_contractions_rank_exactly(
 ) -> None:
     """Hosts split into bare word and forms, each scored exactly (brute force over all)."""
     vocab, dt, brute, policy, table = with_forms(case)
-    calls: list[int] = []
+    calls: list[list[int]] = []
 
     def after(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        calls.append(len(ids))
+        calls.append(ids.tolist())
         return table[ids]
 
     banned = policy.banned(prefix, include_eos=True, include_punctuation=True)
@@ -136,7 +138,11 @@ def test_contractions_rank_exactly(
         sentence_start=sentence_start,
     )  # fmt: skip
     assert_words_rank(got, brute_force_words(policy, dt, token_scores, brute, table, min_prob), k)
-    assert len(calls) <= 2  # hosts are split in one batch per fetch round, at most a few
+    # Hosts go to the encoder in non-empty batches, each host once (the memo keeps its split).
+    split = [host for batch in calls for host in batch]
+    assert all(calls)
+    assert len(split) == len(set(split))
+    assert set(split) <= set(np.flatnonzero(policy.forms.is_host).tolist())
 
 
 def test_word_classes() -> None:
@@ -237,7 +243,7 @@ def test_suggestions_are_typed_words(predictor: Predictor) -> None:
     assert {",", "."} <= {s.text for s in with_punctuation}
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=500)  # the cache's bound is subtle: more cases than most
 @given(
     case=cases(max_leaves=40),
     k=st.integers(1, 8),
@@ -247,6 +253,7 @@ def test_suggestions_are_typed_words(predictor: Predictor) -> None:
     lam=st.sampled_from([0.05, 0.25, 0.9]),
     cached_share=st.sampled_from([0.05, 0.3, 1.0]),
     held_share=st.sampled_from([0.0, 0.3]),
+    lookups=st.sampled_from([(8, 32), (1, 2)]),
 )
 def test_the_cache_mixture_ranks_exactly(
     case: Case,
@@ -257,8 +264,11 @@ def test_the_cache_mixture_ranks_exactly(
     lam: float,
     cached_share: float,
     held_share: float,
+    lookups: tuple[int, int],
 ) -> None:
-    """P_mix = (1 - lam) P_tree + lam p_cache, with the penalty, held words and contractions."""
+    """P_mix = (1 - lam) P_tree + lam p_cache, with the penalty, held words and contractions;
+    also with lookups one at a time and a longer tree list after two (every path of
+    SuggestionPolicy._with_cache, at these small vocabularies)."""
     vocab, dt, brute, policy, table = with_forms(case)
     cached = np.flatnonzero(case.rng.random(len(vocab)) < cached_share)
     if cached.size == 0:
@@ -267,11 +277,16 @@ def test_the_cache_mixture_ranks_exactly(
     dist = CacheDistribution(cached.astype(np.int64), weights / weights.sum())
     held = frozenset((int(i),) for i in np.flatnonzero(case.rng.random(len(vocab)) < held_share))
     banned = policy.banned(prefix, include_eos=True, include_punctuation=True)
-    got = policy.top_k(
-        dt, case.hidden, k, prefix=prefix, banned=banned, held=held,
-        sentence_start=sentence_start, after=lambda ids: table[ids],
-        cache=Mixture(lam, dist), min_prob=min_prob,
-    )  # fmt: skip
+    chunk, most = lookups
+    with (
+        patch.object(policy_module, "_CACHE_LOOKUPS", chunk),
+        patch.object(policy_module, "_MAX_CACHE_LOOKUPS", most),
+    ):
+        got = policy.top_k(
+            dt, case.hidden, k, prefix=prefix, banned=banned, held=held,
+            sentence_start=sentence_start, after=lambda ids: table[ids],
+            cache=Mixture(lam, dist), min_prob=min_prob,
+        )  # fmt: skip
     mixed = np.log((1 - lam) * np.exp(brute) + lam * dist.probs_of(np.arange(len(vocab))))
     token_scores = policy_scores(
         mixed, vocab, prefix, banned=banned, held=frozenset(), penalty=4.0,
