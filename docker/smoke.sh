@@ -12,8 +12,9 @@
 # 3. Wheels for the image's Python (docker/wheels.sh), then `docker build --network none` with the
 #    bundle baked in (--bundle DIR, else a small bundle trained for the smoke test).
 # 4. The container runs with --network host on 127.0.0.1, a read-only root and a tmpfs /tmp: wait
-#    for /readyz, one /v1/suggest with its body checked, a short locust run through the SLO gate at
-#    generous thresholds, HEALTHCHECK reported healthy, then `docker stop` and exit status 0.
+#    for /readyz, one /v1/suggest with its body checked, GET / (the playground page) and its script,
+#    a short locust run through the SLO gate at generous thresholds, HEALTHCHECK reported healthy,
+#    then `docker stop` and exit status 0.
 # 5. Everything started here is stopped by PID; EXEC_ROOT/netns/* is unmounted; temp dirs removed.
 #
 # Without a docker engine and without apt (or without root) it prints why and exits 0, except
@@ -284,6 +285,10 @@ probs = [item["prob"] for item in suggestions]
 assert probs == sorted(probs, reverse=True), probs
 print("docker-smoke: /v1/suggest ->", [item["text"] for item in suggestions])
 PY
+    # The playground page and its files are in the image (service/static/, copied with service/).
+    curl -fsS -o "$reports/playground.html" "$url/" || die "GET / (the playground page)"
+    grep -q 'src="playground.js"' "$reports/playground.html" || die "GET / is not the playground"
+    curl -fsS -o /dev/null "$url/playground.js" || die "GET /playground.js"
 }
 
 run_locust() {

@@ -19,10 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from service.metrics import CONTENT_TYPE, Metrics
 from service.middleware import BodyLimitMiddleware, RequestMiddleware
+from service.playground import add_playground
 from service.predictor import Score, Suggested
 from service.responses import ApiError, error_response, json_response
 from service.runtime import Runtime, build_runtime
@@ -51,9 +52,18 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 413, 422, 429, 503)
+_ERROR_CAUSES = {
+    400: "The body is not valid JSON (or not UTF-8).",
+    413: "The text or the request body is too large.",
+    422: "A field is missing, of the wrong type, out of range or unknown.",
+    429: "The request queue is full; retry after Retry-After seconds.",
+    503: "The model is still loading; retry after Retry-After seconds.",
 }
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` for the errors a route can answer (tests/test_fuzz.py checks)."""
+    return {s: {"model": ErrorBody, "description": _ERROR_CAUSES[s]} for s in statuses}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -87,11 +97,11 @@ def create_app(settings: Settings) -> FastAPI:
         strict_content_type=False,  # a JSON body without a content-type header is still JSON
         # OpenTelemetry hooks cost a few µs per request; /metrics serves Prometheus instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
-        responses=ERRORS,
     )
     app.state.runtime = None
     app.state.metrics = metrics
     _add_routes(app, settings, metrics)
+    add_playground(app)
     app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_PATHS)
     _add_error_handlers(app)
     routes = {route.path for route in app.routes if hasattr(route, "path")}
@@ -133,18 +143,24 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     Endpoint = Callable[[Request], Awaitable[Response]]
 
     def direct(
-        path: str, response_model: type[BaseModel], body: type[BaseModel]
+        path: str, response_model: type[BaseModel], body: type[BaseModel], **bounds: dict[str, int]
     ) -> Callable[[Endpoint], Endpoint]:
         def add(endpoint: Endpoint) -> Endpoint:
             app.router.add_api_route(
                 path, endpoint, methods=["POST"], response_model=response_model,
-                openapi_extra=_body(body), route_class_override=_DirectRoute,
+                responses=_errors(400, 413, 422, 429, 503), openapi_extra=_body(body, bounds),
+                route_class_override=_DirectRoute,
             )  # fmt: skip
             return endpoint
 
         return add
 
-    @direct("/v1/suggest", SuggestResponse, SuggestRequest)
+    text = {"maxLength": settings.max_text_chars}  # longer texts get 413
+
+    @direct(
+        "/v1/suggest", SuggestResponse, SuggestRequest, text=text,
+        k={"maximum": settings.max_k}, max_words={"maximum": settings.max_words},
+    )  # fmt: skip
     async def suggest(request: Request) -> Response:
         """Complete the partly typed word, or suggest the next words."""
         body = await _parse(request, SuggestRequest)
@@ -161,7 +177,10 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         )
         return json_response(suggest_body(result, runtime.model_ref))
 
-    @direct("/v1/score", ScoreResponse, ScoreRequest)
+    @direct(
+        "/v1/score", ScoreResponse, ScoreRequest, text=text,
+        candidates={"maxItems": settings.max_candidates},
+    )  # fmt: skip
     async def score(request: Request) -> Response:
         """Score candidate next words or phrases: log P(candidate | text)."""
         body = await _parse(request, ScoreRequest)
@@ -174,7 +193,7 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         )  # fmt: skip
         return json_response(score_body(scores, seconds, runtime.model_ref))
 
-    @app.get("/v1/model", response_model=ModelInfo)
+    @app.get("/v1/model", response_model=ModelInfo, responses=_errors(503))
     async def model(runtime: RuntimeDep) -> Response:
         """The bundle's manifest: model, tree and evaluation metrics."""
         info = {**runtime.model_ref, "manifest": runtime.bundle.manifest}
@@ -185,12 +204,12 @@ def _add_routes(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         """The process is alive."""
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", response_model=Status)
+    @app.get("/readyz", response_model=Status, responses=_errors(503))
     async def readyz(runtime: RuntimeDep) -> Response:
         """The bundle is loaded and warm."""
         return json_response({"status": "ready"})
 
-    @app.get("/metrics", response_class=Response)
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         """Prometheus metrics."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -206,10 +225,14 @@ async def _parse(request: Request, model: type[Model]) -> Model:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses ``model`` itself."""
-    schema = {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}
-    return {"requestBody": {"required": True, "content": {"application/json": schema}}}
+def _body(model: type[BaseModel], bounds: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses ``model`` itself, with the bounds that
+    settings put on its fields (``{"text": {"maxLength": 2000}}``) over the model's own."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, keywords in bounds.items():
+        schema["properties"][name].update(keywords)
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def _check_limits(

@@ -253,7 +253,8 @@ class Predictor:
         matching = words.matching(context.prefix) if len(words) else []
         if not matching:
             return []
-        unk_lp = self._log_probs(encoded.hidden, np.array([self.unk_id]), mixture)[0]
+        # A Python float: a numpy one would reach the response (which orjson cannot encode).
+        unk_lp = float(self._log_probs(encoded.hidden, np.array([self.unk_id]), mixture)[0])
         return [(word, unk_lp + share) for word, share in matching if word not in self.index]
 
     def _phrase(self, ids: Sequence[int], logprob: float) -> Suggestion:

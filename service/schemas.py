@@ -1,19 +1,32 @@
 """Request and response bodies of the HTTP API (they also feed the OpenAPI document at /docs).
 
-Requests are strict (no string-to-number coercion) and forbid unknown fields.  The bounds here are
-the API's hard limits; settings may tighten ``k``, ``max_words`` and the candidate count further.
+Requests are strict (no string-to-number coercion, no booleans as numbers) and forbid unknown
+fields; an integral number such as ``48.0`` is an integer, as JSON Schema counts it.  The bounds
+here are the API's hard limits; settings may tighten ``k``, ``max_words``, the text length and the
+candidate count further (the app publishes the tightened bounds in its OpenAPI document).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_K = 50
 MAX_WORDS = 5
 MAX_CANDIDATES = 1000
 MAX_CANDIDATE_CHARS = 1000
+
+
+def _integral(value: object) -> object:
+    """``48.0`` as ``48``: JSON has one number type, and JavaScript clients send integral floats."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+"""An integer field that also takes an integral number (``48.0``, not ``48.5`` or ``true``)."""
 
 
 class _Request(BaseModel):
@@ -25,8 +38,8 @@ class SuggestRequest(_Request):
         description="typed text; if it does not end in whitespace its last word is being typed",
         examples=["I like the wea"],
     )
-    k: int = Field(default=3, ge=1, le=MAX_K, description="number of suggestions")
-    max_words: int = Field(default=1, ge=1, le=MAX_WORDS, description="words per suggestion")
+    k: JsonInt = Field(default=3, ge=1, le=MAX_K, description="number of suggestions")
+    max_words: JsonInt = Field(default=1, ge=1, le=MAX_WORDS, description="words per suggestion")
     min_prob: float = Field(default=0.0, ge=0.0, le=1.0, description="drop less probable ones")
     session_id: str | None = Field(
         default=None,

@@ -374,6 +374,15 @@ def test_settings_can_tighten_the_limits(tiny_bundle: Path) -> None:
     )
     too_many = cold.post("/v1/score", json={"text": "a", "candidates": ["x", "y", "z", "w"]})
     _assert_error(too_many, 422, "invalid_request")
+    # The OpenAPI document publishes the tightened bounds (tests/test_fuzz.py holds it to them).
+    paths = cold.get("/openapi.json").json()["paths"]
+    suggest, score = (
+        paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        for path in ("/v1/suggest", "/v1/score")
+    )
+    assert (suggest["k"]["maximum"], suggest["max_words"]["maximum"]) == (5, 2)
+    assert score["candidates"]["maxItems"] == 3
+    assert suggest["text"]["maxLength"] == score["text"]["maxLength"] == settings.max_text_chars
 
 
 def test_a_full_queue_answers_429_with_retry_after(tiny_bundle: Path) -> None:

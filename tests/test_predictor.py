@@ -150,6 +150,20 @@ def test_an_edited_earlier_word_falls_back_to_a_full_encode(
     assert _got(result) == _got(predictor.suggest(edited, k=5))
 
 
+def test_a_session_word_is_offered_back_with_python_numbers(
+    parts: tuple[Predictor, FakeEncoder],
+) -> None:
+    # A numpy float here once reached the response body, which orjson cannot encode: a 500
+    # that schema fuzzing (benchmarks/fuzz.py on bundles/default) found.
+    predictor, _ = parts
+    predictor.suggest("the weather of zorblax and ", session_id="s")
+    result = predictor.suggest("the zo", k=2, session_id="s")
+    assert [s.text for s in result.suggestions] == ["zorblax"]
+    assert all(type(s.logprob) is float for s in result.suggestions)
+    assert type(result.exact) is bool
+    assert type(result.unexplored_mass) is float
+
+
 def test_scores_of_every_vocabulary_line_sum_to_one(parts: tuple[Predictor, FakeEncoder]) -> None:
     predictor, _ = parts
     scores = predictor.score("the weather of ", VOCAB)
