@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 from benchmarks.runinfo import run_info, write_result  # noqa: E402
 from model_export.checkpoint import load_checkpoint  # noqa: E402
-from model_export.data import Corpus, load_corpus, resolve_data_dir  # noqa: E402
+from model_export.data import Corpus, load_corpus  # noqa: E402
+from model_export.datadir import resolve_data_dir  # noqa: E402
 from model_export.evaluate import evaluate_checkpoint  # noqa: E402
 from model_export.recipes import get_recipe  # noqa: E402
 from model_export.train import BEST, LAST, train  # noqa: E402

@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import torch  # noqa: E402
 
 from benchmarks.runinfo import run_info, write_result  # noqa: E402
-from model_export.data import load_corpus, resolve_data_dir  # noqa: E402
+from model_export.data import load_corpus  # noqa: E402
+from model_export.datadir import resolve_data_dir  # noqa: E402
 from model_export.model import LanguageModel  # noqa: E402
 from model_export.recipes import get_recipe  # noqa: E402
 from model_export.streams import batchify, windows  # noqa: E402

@@ -37,7 +37,13 @@ from locust import FastHttpUser, events, task
 from locust.env import Environment
 
 from loadtest.slo import Sample, Slo, evaluate
-from loadtest.workload import check_scores, check_suggestions, default_text, load_sentences
+from loadtest.workload import (
+    check_scores,
+    check_suggestions,
+    default_text,
+    load_sentences,
+    server_timing_ms,
+)
 
 PHRASE_WORDS = 3
 SCORE_CANDIDATES = 5
@@ -74,7 +80,9 @@ class Recorder:
         context = kw.get("context") or {}
         start = kw.get("start_time") or time.time() - response_time / 1000.0
         lag = float(context.get("lag_ms", 0.0))
-        self.samples.append(Sample(start, response_time, name, exception is None, lag))
+        headers = getattr(kw.get("response"), "headers", None)
+        server = server_timing_ms(headers.get("server-timing") if headers else None)
+        self.samples.append(Sample(start, response_time, name, exception is None, lag, server))
 
     def write_csv(self, path: str) -> None:
         with open(path, "w", newline="", encoding="utf-8") as handle:

@@ -273,6 +273,9 @@ def summarise(
     }
 
 
+PERCENTILES = ("p50", "p95", "p99", "max")
+
+
 def report(summary: dict[str, Any]) -> None:
     print(f"pacing: {summary['pacing']}")
     for name, use in summary["processes"].items():
@@ -281,11 +284,15 @@ def report(summary: dict[str, Any]) -> None:
             f"{who}: CPU mean {use['cpu_mean']:.0f} %, max {use['cpu_max']:.0f} % of one core; "
             f"peak RSS {use['rss_max_mb']:.0f} MiB"
         )
-    print(f"{'requests':<24}{'n':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'requests':<24}{'n':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        f"   server (Server-Timing) p50 / p95 / p99 / max ms"
+    )
     for name, row in sorted(summary["by_name"].items()):
+        server = "/".join(f"{row.get(f'server_{q}_ms', math.nan):.2f}" for q in PERCENTILES)
         print(
             f"{name:<24}{row['requests']:>8.0f}{row['p50_ms']:>9.2f}"
-            f"{row['p95_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+            f"{row['p95_ms']:>9.2f}{row['p99_ms']:>9.2f}   {server}"
         )
     print(
         f"{'all':<24}{summary['requests']:>8}{summary['p50_ms']:>9.2f}{summary['p95_ms']:>9.2f}"

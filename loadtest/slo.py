@@ -28,6 +28,7 @@ class Sample:
     name: str
     ok: bool
     lag_ms: float = 0.0  # how late the send was against the user's arrival schedule
+    server_ms: float = math.nan  # the server's own time (its Server-Timing header), if given
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,19 @@ def rate_floor(slo: Slo, seconds: float) -> float:
     return slo.target_rps - max(slo.target_rps * slo.rate_tolerance, noise)
 
 
-def _summary(latencies: Sequence[float]) -> dict[str, float]:
+def _summary(samples: Sequence[Sample]) -> dict[str, float]:
+    """Client-side percentiles of these samples, and the server's own where it said."""
+    latencies = [s.latency_ms for s in samples]
+    server = [s.server_ms for s in samples if not math.isnan(s.server_ms)]
     return {
         "requests": float(len(latencies)),
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
+        "server_p50_ms": percentile(server, 50),
+        "server_p95_ms": percentile(server, 95),
+        "server_p99_ms": percentile(server, 99),
+        "server_max_ms": max(server, default=math.nan),
     }
 
 
@@ -138,5 +146,5 @@ def evaluate(samples: Sequence[Sample], slo: Slo) -> Verdict:
         p99_ms=p99,
         max_ms=max(latencies, default=math.nan),
         late_sends=sum(s.lag_ms > 10.0 for s in samples),
-        by_name={n: _summary([s.latency_ms for s in samples if s.name == n]) for n in names},
+        by_name={n: _summary([s for s in samples if s.name == n]) for n in names},
     )

@@ -102,3 +102,16 @@ def check_scores(body: dict[str, Any], candidates: list[str]) -> str | None:
         if not isinstance(logprob, float | int) or not math.isfinite(logprob) or logprob > 1e-6:
             return f"logprob {logprob!r} for {row.get('candidate')!r}"
     return None
+
+
+def server_timing_ms(header: str | None) -> float:
+    """The server's own time for a request, from its ``Server-Timing: app;dur=MS`` header
+    (``service/middleware.py``); NaN without one."""
+    for metric in (header or "").split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "app" and params.startswith("dur="):
+            try:
+                return float(params[4:])
+            except ValueError:
+                return math.nan
+    return math.nan

@@ -16,18 +16,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from model_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from model_export.data import (
-    Corpus,
-    DataError,
-    download_wikitext2,
-    load_corpus,
-    resolve_data_dir,
-)
+from model_export.data import Corpus, DataError, download_wikitext2, load_corpus
+from model_export.datadir import resolve_data_dir
 from model_export.model import ConfigError
 from model_export.recipes import get_recipe
 from service.bundle import BundleError
@@ -119,12 +114,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default=None, help="WikiText-2 directory (else $NEXTWORD_DATA)")
+    help_text = "WikiText-2 directory (else $NEXTWORD_DATA, else the copy in data/wikitext-2)"
+    parser.add_argument("--data", default=None, help=help_text)
     parser.add_argument("--data-tokens", type=int, default=None, help="use only this many tokens")
 
 
-def _corpus(args: argparse.Namespace) -> Corpus:
-    return load_corpus(resolve_data_dir(args.data), max_tokens=args.data_tokens)
+def _corpus(args: argparse.Namespace, note: Callable[[str], None] | None = None) -> Corpus:
+    data_dir = resolve_data_dir(args.data, note=note or _say)
+    return load_corpus(data_dir, max_tokens=args.data_tokens)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _picked(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
@@ -193,29 +194,42 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_build_default(args: argparse.Namespace) -> None:
     from model_export.evaluate import evaluate_checkpoint
     from model_export.export import export_bundle
+    from model_export.progress import BuildBar
     from model_export.train import BEST, LAST, describe, train
 
     if args.out.exists() and not args.force:
         raise BundleError(f"{args.out} already exists (pass --force to replace it)")
-    corpus = _corpus(args)
-    run_dir = args.run_dir or Path("runs") / args.out.name
-    budget = _picked(args, ["max_minutes", "max_tokens", "progress"])
-    if (run_dir / LAST).exists():
-        print(f"resuming the run in {run_dir}", file=sys.stderr)
-        result = train(run_dir, corpus, None, None, resume=True, overrides=budget)
-    else:
-        model_cfg, train_cfg = get_recipe(args.recipe).build(len(corpus.vocab), {}, budget)
-        result = train(run_dir, corpus, model_cfg, train_cfg)
-    print(describe(result), file=sys.stderr)
-    ckpt: Checkpoint = load_checkpoint(run_dir / BEST)
-    metrics = evaluate_checkpoint(ckpt, corpus, ["valid", "test"], args.topk_tokens or None)
-    metrics["training"] = {
-        "tokens": result.tokens,
-        "minutes": round(result.minutes, 2),
-        "tokens_per_s": round(result.tokens_per_s, 1),
-        "recipe": args.recipe,
-    }
-    out, parity = export_bundle(ckpt, args.out, metrics=metrics, force=args.force)
+    topk = args.topk_tokens or None
+    bar = BuildBar(f"building {args.out}", topk_tokens=topk, enabled=args.progress)
+    try:
+        corpus = _corpus(args, note=bar.write)
+        bar.corpus(len(corpus.valid), len(corpus.test))
+        run_dir = args.run_dir or Path("runs") / args.out.name
+        budget = _picked(args, ["max_minutes", "max_tokens", "progress"])
+        if (run_dir / LAST).exists():
+            bar.write(f"resuming the run in {run_dir}")
+            result = train(run_dir, corpus, None, None, resume=True, overrides=budget, reporter=bar)
+        else:
+            model_cfg, train_cfg = get_recipe(args.recipe).build(len(corpus.vocab), {}, budget)
+            result = train(run_dir, corpus, model_cfg, train_cfg, reporter=bar)
+        bar.write(describe(result))
+        ckpt: Checkpoint = load_checkpoint(run_dir / BEST)
+        metrics: dict[str, Any] = {}
+        for split in ("valid", "test"):
+            bar.stage(split)
+            metrics.update(evaluate_checkpoint(ckpt, corpus, [split], topk))
+        metrics["training"] = {
+            "tokens": result.tokens,
+            "minutes": round(result.minutes, 2),
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "recipe": args.recipe,
+        }
+        bar.stage("export")
+        out, parity = export_bundle(ckpt, args.out, metrics=metrics, force=args.force)
+    except BaseException:
+        bar.close(finished=False)
+        raise
+    bar.close()
     test = metrics["test"]
     print(
         f"wrote {out}: test ppl {test['perplexity']:.1f}, top-1/3/10 {test['top1']:.3f}/"

@@ -1,4 +1,5 @@
-"""The word-level corpus: where it lives, how to fetch it, and how it becomes token ids.
+"""The word-level corpus: how to fetch it and how it becomes token ids (where it lives:
+:mod:`model_export.datadir`).
 
 Layout: a directory with ``train.txt``, ``valid.txt`` and ``test.txt`` (WikiText-2 as renamed
 by pytorch/examples). Every line, blank lines included, becomes its whitespace-split tokens
@@ -9,7 +10,6 @@ train only; words of valid/test outside it become ``<unk>``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import urllib.error
@@ -70,18 +70,7 @@ class Corpus:
         return ids
 
 
-# -- locating and fetching -----------------------------------------------------------------------
-
-
-def resolve_data_dir(flag: str | None) -> Path:
-    """The data directory: the ``--data`` flag, else ``$NEXTWORD_DATA``, else a DataError."""
-    chosen = flag or os.environ.get(DATA_ENV)
-    if not chosen:
-        raise DataError(
-            f"no data directory: pass --data DIR or set {DATA_ENV} to a WikiText-2 directory "
-            f"(train.txt, valid.txt, test.txt); `{DOWNLOAD_HINT}` fetches it when online"
-        )
-    return Path(chosen).expanduser()
+# -- fetching ------------------------------------------------------------------------------------
 
 
 def download_wikitext2(dest: Path, *, url: str = WIKITEXT2_URL, timeout: float = 60.0) -> Path:

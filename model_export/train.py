@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -114,6 +114,43 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class Reporter(Protocol):
+    """Where the loop reports progress (``build-default`` passes its one bar for the build)."""
+
+    def step(self, tokens: int, elapsed: float, spent: float) -> None:
+        """After every step: tokens so far, seconds so far, fraction of the budget spent."""
+
+    def status(self, values: dict[str, str]) -> None:
+        """Every few steps: loss, perplexity, learning rate, last validation."""
+
+    def validated(self, seconds: float) -> None:
+        """After every validation pass, with its duration."""
+
+
+class _TokenBar:
+    """``train``'s own bar: tokens, over the token budget when there is one."""
+
+    def __init__(self, total: int | None, initial: int, enabled: bool) -> None:
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="tok",
+            unit_scale=True,
+            disable=not enabled,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+
+    def step(self, tokens: int, elapsed: float, spent: float) -> None:
+        self.bar.update(tokens - self.bar.n)
+
+    def status(self, values: dict[str, str]) -> None:
+        self.bar.set_postfix(values, refresh=False)
+
+    def validated(self, seconds: float) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
@@ -201,10 +238,12 @@ def train(
     *,
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train into ``run_dir``; with ``resume`` continue from ``run_dir/last.pt``.
 
-    ``overrides`` (budgets, progress) replace fields of the resumed run's config.
+    ``overrides`` (budgets, progress) replace fields of the resumed run's config. ``reporter``
+    replaces the run's own token bar (``cfg.progress`` then no longer applies).
     """
     if resume:
         ckpt, cfg = _resume(run_dir, corpus)
@@ -218,12 +257,20 @@ def train(
             )
         ckpt = _fresh(model_config, cfg, corpus)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    return _Loop(run_dir, corpus, ckpt, cfg).run()
+    return _Loop(run_dir, corpus, ckpt, cfg, reporter).run()
 
 
 class _Loop:
-    def __init__(self, run_dir: Path, corpus: Corpus, ckpt: Checkpoint, cfg: TrainConfig) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        corpus: Corpus,
+        ckpt: Checkpoint,
+        cfg: TrainConfig,
+        reporter: Reporter | None,
+    ) -> None:
         self.run_dir, self.corpus, self.ckpt, self.cfg = run_dir, corpus, ckpt, cfg
+        self.reporter = reporter
         self.model = ckpt.model
         self.opt = make_optimizer(self.model, cfg)
         self.streams = batchify(corpus.train, cfg.batch_size)
@@ -267,15 +314,11 @@ class _Loop:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         p, cfg = self.progress, self.cfg
         started, base = time.perf_counter(), p.elapsed
-        bar = tqdm(
-            total=self._token_target(),
-            initial=p.tokens,
-            unit="tok",
-            unit_scale=True,
-            disable=not cfg.progress,
-            dynamic_ncols=True,
-            smoothing=0.05,
-        )
+        own_bar = None
+        if self.reporter is None:
+            own_bar = _TokenBar(self._token_target(), p.tokens, cfg.progress)
+            self.reporter = own_bar
+        report = self.reporter
         ema: float | None = None
         next_eval = self._next_eval()
         self.model.train()
@@ -286,10 +329,10 @@ class _Loop:
                 p.train_seconds += time.perf_counter() - tick
                 p.window, p.step, p.tokens = index + 1, p.step + 1, p.tokens + targets.numel()
                 ema = loss if ema is None else 0.98 * ema + 0.02 * loss
-                bar.update(targets.numel())
-                if p.step % 10 == 0:
-                    bar.set_postfix(self._postfix(ema), refresh=False)
                 p.elapsed = base + time.perf_counter() - started
+                report.step(p.tokens, p.elapsed, self._budget_spent(p.elapsed))
+                if p.step % 10 == 0:
+                    report.status(self._postfix(ema))
                 if cfg.anneal != "none":
                     self._set_lr(p.elapsed)
                 if p.tokens >= next_eval:
@@ -303,7 +346,8 @@ class _Loop:
         p.elapsed = base + time.perf_counter() - started
         if p.evaluated_at != p.tokens:
             self._validate()
-        bar.close()
+        if own_bar is not None:
+            own_bar.bar.close()
         return TrainResult(
             run_dir=self.run_dir,
             best_valid_ppl=p.best_valid,
@@ -356,7 +400,10 @@ class _Loop:
 
     def _validate(self) -> None:
         p = self.progress
+        tick = time.perf_counter()
         ppl = perplexity(self.model, self.corpus.valid, batch_size=self.cfg.eval_batch_size)
+        if self.reporter is not None:
+            self.reporter.validated(time.perf_counter() - tick)
         p.last_valid, p.evaluated_at = ppl, p.tokens
         record = {"tokens": p.tokens, "minutes": p.elapsed / 60, "valid_ppl": ppl, "lr": p.lr}
         p.history.append(record)

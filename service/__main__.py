@@ -4,6 +4,10 @@ Settings come from ``NEXTWORD_*`` environment variables; the flags override them
 uvicorn stops accepting connections and lets in-flight requests finish (up to
 ``NEXTWORD_GRACEFUL_SHUTDOWN_S`` seconds) before the lifespan shuts the runtime down.
 
+Each connection runs :class:`service.protocol.GuardedProtocol` (uvicorn's httptools protocol
+with request and write timeouts, a header size limit and caps on connections and requests in
+flight, from ``NEXTWORD_*`` settings), so slow or hostile clients cannot hold the server.
+
 With ``--workers N`` (``NEXTWORD_WORKERS``) uvicorn's supervisor binds the port and runs ``N``
 worker processes that accept from it, each building :func:`worker_app` from the environment
 (one process holds the GIL for its requests; more processes use more cores).
@@ -23,6 +27,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.bundle import BundleError, read_manifest, verify_checksums
+from service.protocol import ConnectionLimits, protocol_factory
 from service.settings import Settings
 
 
@@ -69,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level": args.log_level,
         "access_log": False,  # per-request logging would cost more than a suggestion
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        "timeout_keep_alive": settings.keep_alive_s,
+        # httptools' protocol with timeouts and limits (service/protocol.py); a partial, which
+        # uvicorn calls like a protocol class and pickles for worker processes.
+        "http": protocol_factory(connection_limits(settings)),
     }
     if settings.workers == 1:
         set_switch_interval(settings)
@@ -80,6 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "service.__main__:worker_app", factory=True, workers=settings.workers, **options
         )
     return 0
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        request_timeout_s=settings.request_timeout_s,
+        write_timeout_s=settings.write_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=settings.max_connections,
+        max_in_flight=settings.max_in_flight,
+    )
 
 
 def worker_app() -> FastAPI:

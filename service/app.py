@@ -19,8 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 
+from service.collector import IdleCollector
 from service.metrics import CONTENT_TYPE, Metrics
 from service.middleware import BodyLimitMiddleware, RequestMiddleware
 from service.playground import add_playground
@@ -78,6 +80,11 @@ def create_app(settings: Settings) -> FastAPI:
         # which otherwise walk all of it, from stalling a request for milliseconds.
         gc.collect()
         gc.freeze()
+        collector = IdleCollector(
+            lambda: runtime.admission.depth == 0, on_collect=metrics.observe_collection
+        )
+        if settings.gc_when_idle:
+            collector.start()
         app.state.runtime = runtime
         log.info(
             "nextword ready: %s on %s", runtime.bundle.name, ", ".join(runtime.encoder.providers)
@@ -86,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.runtime = None
+            await collector.stop()
             gc.unfreeze()
             runtime.executor.shutdown(wait=True)
             runtime.batcher.stop()
@@ -322,6 +330,12 @@ def _add_error_handlers(app: FastAPI) -> None:
             return error_response(400, "invalid_json", "the request body is not valid UTF-8 JSON")
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, str(exc.detail), headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left, or was timed out (service/protocol.py), before its body came: the
+        # answer goes nowhere, and it is no server error to log.
+        return error_response(400, "disconnected", "the client disconnected")
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> Response:

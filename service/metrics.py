@@ -10,8 +10,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+# Fine below 5 ms, where keystrokes are: a p99 read from bucket bounds is within 0.1-0.5 ms.
 _LATENCY_BUCKETS = (
-    0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
+    0.0001, 0.0002, 0.0003, 0.0004, 0.0005, 0.0006, 0.0008, 0.001, 0.00125, 0.0015, 0.00175,
+    0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
 )  # fmt: skip
 _EXPANSION_BUCKETS = (1, 10, 30, 100, 300, 1000, 3000, 10_000, 100_000, 1_000_000)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
@@ -72,6 +74,13 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.collections = Counter(
+            "nextword_gc_collections",
+            "garbage collections by the idle collector, by generation and whether a request "
+            "was in flight (overdue under load)",
+            ["generation", "when"],
+            registry=self.registry,
+        )
         self._by_label: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._state_lookups = {
             (True, True): self.sessions.labels("reused"),
@@ -97,6 +106,9 @@ class Metrics:
         if not exact:
             self.inexact.inc()
         self._state_lookups[(with_session, state_reused)].inc()
+
+    def observe_collection(self, generation: int, idle: bool) -> None:
+        self.collections.labels(str(generation), "idle" if idle else "overdue").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id + latency metrics, and the request body size limit.
+"""Pure ASGI middleware: request id, ``Server-Timing`` and latency metrics; the body size limit.
 
 FastAPI's ``@app.middleware("http")`` wraps every request in extra tasks and streams; these only
 wrap ``send`` or ``receive``.
@@ -18,6 +18,7 @@ from service.metrics import Metrics
 from service.responses import error_response
 
 REQUEST_ID = b"x-request-id"
+SERVER_TIMING = b"server-timing"
 _MAX_ID_LENGTH = 128
 
 
@@ -41,9 +42,17 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # The routes write their whole body before the start is sent, so this is the
+                # server's time for the request (W3C Server-Timing: browsers and load
+                # generators read it per request; the histogram only has bucket bounds).
+                spent = f"app;dur={(time.perf_counter() - start) * 1000.0:.3f}".encode()
                 message = {
                     **message,
-                    "headers": [*message.get("headers", ()), (REQUEST_ID, request_id)],
+                    "headers": [
+                        *message.get("headers", ()),
+                        (REQUEST_ID, request_id),
+                        (SERVER_TIMING, spent),
+                    ],
                 }
             await send(message)
 

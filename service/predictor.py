@@ -367,10 +367,9 @@ class Predictor:
             state = self.zero_state if known is None else known.state
             hidden, state_out = self.batcher.encode(resume.todo[None, :], state)
             hiddens = hidden[0]
-            # Copies: a slice of a batch's output would keep the whole batch alive in the cache.
-            encoded = EncodedText(
-                tokens=ids, state=np.ascontiguousarray(state_out), hidden=hiddens[-1].copy()
-            )
+            # Copies: a slice of a batch's output would keep the whole batch alive in the cache
+            # (np.ascontiguousarray does not copy it: a (L, 1, S) slice counts as contiguous).
+            encoded = EncodedText(tokens=ids, state=state_out.copy(), hidden=hiddens[-1].copy())
         if session_id is not None:
             self.sessions.put(session_id, encoded)
             if hiddens is not None and self.options.cache.enabled:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="run light requests (short texts, up to 3-word phrases, up to 50 candidates) "
         "on the event loop instead of a request thread: never, only when idle, or always",
     )
+    gc_when_idle: bool = Field(
+        default=True,
+        description="run Python's garbage collector between requests instead of inside them "
+        "(service/collector.py); false: CPython's automatic collection",
+    )
     max_batch_size: int = Field(default=32, ge=1, le=1024)
     max_wait_us: int = Field(
         default=0, ge=0, le=100_000, description="how long a batch waits for more requests (µs)"
@@ -56,21 +61,27 @@ class Settings(BaseSettings):
     queue_limit: int = Field(
         default=64, ge=1, le=100_000, description="requests admitted at once; more get 429"
     )
-    # 1024 x a full session cache (261 KB at d = 256) is at most 268 MB: within the k8s
-    # deployment's 1 GiB with the model and the shared caches.
+    # Memory bounds, measured by benchmarks/sessions_memory.py (README, Reliability). A session
+    # holds at most CACHE_SIZE x (d + 32) bytes of continuous cache (int8 vector, scale, next
+    # word, sort order, the last p_cache), 8 bytes a token of its text, 4 x (S + d) of encoder
+    # state and ~4 KB of objects: 305,859 bytes measured after 9,000 characters at d = 256, so
+    # 1024 sessions take ~313 MB; within the k8s deployment's 1 GiB with the model (~300 MB).
     session_cache_size: int = Field(
         default=1024,
         ge=0,
         le=10_000_000,
-        description="sessions kept (LRU); each holds its encoder state and at most "
-        "CACHE_SIZE cached states",
+        description="sessions kept (LRU); each holds its encoder state, its text's token ids "
+        "and at most CACHE_SIZE cached states: at most SESSION_CACHE_SIZE x (CACHE_SIZE x "
+        "(d + 32) + 8 x tokens + 4 x (S + d) + 4 KiB) bytes (~300 KB a session by default)",
     )
     session_ttl_s: float = Field(default=600.0, gt=0.0)
     context_cache_size: int = Field(
         default=4096,
         ge=0,
         le=10_000_000,
-        description="encoder states shared by requests without session_id, by token ids (0: off)",
+        description="encoder states shared by requests without session_id, by token ids (0: "
+        "off): at most CONTEXT_CACHE_SIZE x (8 x tokens + 4 x (S + d) + 1 KiB) bytes (~4 KB for "
+        "a sentence, 16 MB in all by default; texts of MAX_TEXT_CHARS could take 84 KB each)",
     )
     default_budget_ms: float = Field(default=20.0, gt=0.0, le=10_000.0)
     max_expansions: int = Field(default=200_000, ge=1)
@@ -126,6 +137,44 @@ class Settings(BaseSettings):
         le=64,
         description="server processes sharing the port; each loads the bundle and keeps its own "
         "caches (a keep-alive connection stays with one, so its session does too)",
+    )
+    # Connection limits (service/protocol.py): what one client can hold of a server process.
+    request_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=3600.0,
+        description="a request must arrive whole (head and body) within this many seconds of "
+        "its first byte, and a new connection must send one within this of opening; else 408 "
+        "and the connection is closed (slowloris, bodies that never end)",
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, le=3600, description="an idle keep-alive connection is closed after this"
+    )
+    write_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=3600.0,
+        description="a response the client does not read for this many seconds (socket buffers "
+        "full) aborts the connection",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        le=1 << 20,
+        description="a larger request head (request line and headers) gets 431",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="open connections per process; more get 503 with Retry-After and are closed",
+    )
+    max_in_flight: int = Field(
+        default=128,
+        ge=1,
+        le=100_000,
+        description="requests read but not yet answered per process, light ones included; more "
+        "get 503 with Retry-After at once (bounds the wait under overload)",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

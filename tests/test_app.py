@@ -354,6 +354,15 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     assert 'route="unmatched",status="404"' in metrics
 
 
+@pytest.mark.parametrize("when_idle", [True, False])
+def test_collection_runs_between_requests_while_serving(tiny_bundle: Path, when_idle: bool) -> None:
+    settings = Settings(bundle=tiny_bundle, gc_when_idle=when_idle)
+    with TestClient(create_app(settings)) as serving:
+        assert serving.post("/v1/suggest", json={"text": "The "}).status_code == 200
+        assert gc.isenabled() is not when_idle  # the idle collector has taken over
+    assert gc.isenabled()
+
+
 def test_not_ready_before_the_lifespan_ran(tiny_bundle: Path) -> None:
     cold = TestClient(create_app(Settings(bundle=tiny_bundle)))  # no `with`: no lifespan
     assert cold.get("/healthz").status_code == 200

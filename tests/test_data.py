@@ -1,8 +1,7 @@
-"""model_export.data: locating, fetching and reading the corpus; every bad input is a DataError."""
+"""model_export.data: fetching and reading the corpus; every bad input is a DataError."""
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
@@ -10,13 +9,11 @@ import numpy as np
 import pytest
 
 from model_export.data import (
-    DATA_ENV,
     WIKITEXT2_MEMBERS,
     Corpus,
     DataError,
     download_wikitext2,
     load_corpus,
-    resolve_data_dir,
 )
 
 
@@ -25,26 +22,6 @@ def write_corpus(root: Path, train: str, valid: str = " a b \n", test: str = " b
     for split, text in (("train", train), ("valid", valid), ("test", test)):
         (root / f"{split}.txt").write_text(text, encoding="utf-8")
     return root
-
-
-# -- resolving the directory ---------------------------------------------------------------------
-
-
-def test_flag_wins_over_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(DATA_ENV, str(tmp_path / "env"))
-    assert resolve_data_dir(str(tmp_path / "flag")) == tmp_path / "flag"
-    assert resolve_data_dir(None) == tmp_path / "env"
-
-
-def test_no_data_dir_says_how_to_get_wikitext2(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DATA_ENV, raising=False)
-    with pytest.raises(DataError) as caught:
-        resolve_data_dir(None)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert "--data" in message
-    assert DATA_ENV in message
-    assert "python -m model_export download --to DIR" in message
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -130,11 +107,8 @@ def test_bad_corpora_give_one_line_errors(tmp_path: Path, setup: str, message: s
 
 
 @pytest.fixture(scope="module")
-def wikitext2() -> Corpus:
-    root = os.environ.get(DATA_ENV)
-    if not root:
-        pytest.skip(f"{DATA_ENV} is not set: WikiText-2 figures not checked")
-    return load_corpus(Path(root))
+def wikitext2(data_dir: Path) -> Corpus:
+    return load_corpus(data_dir)
 
 
 def test_wikitext2_matches_the_published_figures(wikitext2: Corpus) -> None:

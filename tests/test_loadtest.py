@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from loadtest.slo import Sample, Slo, evaluate, percentile, steady_rate
-from loadtest.workload import check_scores, check_suggestions, detokenize, sentences
+from loadtest.workload import (
+    check_scores,
+    check_suggestions,
+    detokenize,
+    sentences,
+    server_timing_ms,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +90,28 @@ def test_a_rate_below_target_fails_beyond_the_tolerance() -> None:
     verdict = evaluate(samples_at(180, 10), Slo(target_rps=200, rate_tolerance=0.05))
     assert not verdict.passed
     assert "achieved 180.0 req/s < 185.0" in verdict.reasons[0]  # 3 sigma of 1,600 sends
+
+
+def test_server_side_percentiles_by_name_come_from_server_timing() -> None:
+    samples = [
+        Sample(1000.0 + i / 100, 5.0, "key", True, server_ms=float(i % 10))
+        for i in range(1000)
+    ] + [Sample(1010.0, 9.0, "old server", True)]  # no Server-Timing header
+    by_name = evaluate(samples, Slo()).by_name
+    assert by_name["key"]["server_p50_ms"] == pytest.approx(4.5)
+    assert by_name["key"]["server_max_ms"] == 9.0
+    assert by_name["key"]["p99_ms"] == 5.0
+    assert np.isnan(by_name["old server"]["server_p99_ms"])
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("app;dur=0.523", 0.523), ("db;dur=3, app;dur=1.5", 1.5), ("app", None), (None, None),
+     ("app;dur=fast", None), ("other;dur=2", None)],
+)  # fmt: skip
+def test_server_timing_header_is_read(header: str | None, expected: float | None) -> None:
+    got = server_timing_ms(header)
+    assert np.isnan(got) if expected is None else got == expected
 
 
 def test_no_requests_fail() -> None:

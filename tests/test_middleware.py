@@ -1,4 +1,5 @@
-"""service.middleware on a bare Starlette app: request ids, route labels, body limits."""
+"""service.middleware on a bare Starlette app: request ids, Server-Timing, route labels, body
+limits."""
 
 from __future__ import annotations
 
@@ -42,6 +43,15 @@ def test_fresh_request_ids_are_unique_and_clients_ids_are_kept() -> None:
     assert kept.headers["x-request-id"] == "req-7"
     odd = client.post("/echo", content=b"x", headers={"x-request-id": "a\x01b"})
     assert odd.headers["x-request-id"] != "a\x01b"
+
+
+def test_server_timing_gives_the_apps_time() -> None:
+    client, _ = _client()
+    response = client.post("/echo", content=b"x")
+    name, duration = response.headers["server-timing"].split(";")
+    assert name == "app"
+    assert duration.startswith("dur=")
+    assert 0.0 < float(duration[4:]) < 1000.0  # ms
 
 
 def test_routes_and_statuses_are_counted() -> None:

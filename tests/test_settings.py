@@ -56,6 +56,10 @@ def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("port", "70000"),
         ("session_ttl_s", "0"),
         ("max_batch_size", "many"),
+        ("request_timeout_s", "0"),
+        ("max_header_bytes", "512"),
+        ("max_connections", "0"),
+        ("max_in_flight", "0"),
     ],
 )
 def test_invalid_values_are_rejected(
