@@ -16,6 +16,7 @@ Requests go to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -304,3 +305,28 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))]
+
+
+# -- what the scripts share --------------------------------------------------------------------
+
+
+def add_bundle_args(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
+    """``--bundle`` (and ``--data``), defaulting to ``$NEXTWORD_BUNDLE`` / ``$NEXTWORD_DATA``."""
+    parser.add_argument(
+        "--bundle", type=Path, default=os.environ.get("NEXTWORD_BUNDLE"),
+        help="bundle directory to serve (default: $NEXTWORD_BUNDLE)",
+    )  # fmt: skip
+    if data:
+        parser.add_argument(
+            "--data", type=Path, default=os.environ.get("NEXTWORD_DATA"),
+            help="WikiText-2 directory to type from (default: $NEXTWORD_DATA)",
+        )  # fmt: skip
+
+
+def save_figure(fig: Any, out: Path) -> None:
+    """Lay out, write and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -50,9 +50,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.loadclient import (  # noqa: E402  (a script: the repo is not installed)
     Connection,
     Keystrokes,
+    add_bundle_args,
     install_uvloop,
     percentile,
     rss_mib,
+    save_figure,
     serve,
     typing_sentences,
 )
@@ -366,15 +368,12 @@ def plot(results: dict[str, dict[str, Any]], out: Path) -> None:
     top.legend(loc="upper left", fontsize=8)
     bottom.set(xlabel="time (s)", ylabel="requests / s")
     bottom.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=os.environ.get("NEXTWORD_BUNDLE"))
-    parser.add_argument("--data", type=Path, default=os.environ.get("NEXTWORD_DATA"))
+    add_bundle_args(parser)
     parser.add_argument("--factor", type=float, default=3.0, help="x saturation offered")
     parser.add_argument("--users", type=int, default=32, help="closed-loop users (saturation)")
     parser.add_argument("--saturation-s", type=float, default=20.0)

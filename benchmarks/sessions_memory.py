@@ -44,9 +44,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.loadclient import (  # noqa: E402  (a script: the repo is not installed)
     Connection,
     RssSampler,
+    add_bundle_args,
     install_uvloop,
     request_bytes,
     rss_mib,
+    save_figure,
     serve,
 )
 from benchmarks.runinfo import RESULTS, run_info, write_result  # noqa: E402
@@ -310,15 +312,12 @@ def plot(samples: list[tuple[float, float]], phases: dict[str, dict[str, Any]], 
         ylabel="server RSS (MiB)",
         title="nextword RSS under distinct sessions and texts",
     )
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=os.environ.get("NEXTWORD_BUNDLE"))
-    parser.add_argument("--data", type=Path, default=os.environ.get("NEXTWORD_DATA"))
+    add_bundle_args(parser)
     parser.add_argument("--sessions", type=int, default=1_000_000, help="distinct session ids")
     parser.add_argument(
         "--contexts", type=int, default=1_000_000, help="distinct texts, no session"

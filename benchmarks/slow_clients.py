@@ -28,7 +28,6 @@ import collections
 import contextlib
 import http.client
 import json
-import os
 import selectors
 import socket
 import sys
@@ -39,7 +38,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.loadclient import HOST, percentile, rss_mib, serve  # noqa: E402  (a script)
+from benchmarks.loadclient import (  # noqa: E402  (a script: the repo is not installed)
+    HOST,
+    add_bundle_args,
+    percentile,
+    rss_mib,
+    serve,
+)
 from benchmarks.runinfo import run_info, write_result  # noqa: E402
 
 REQUEST_TIMEOUT_S = 10.0
@@ -205,7 +210,7 @@ def oversized(port: int) -> dict[str, int | None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=os.environ.get("NEXTWORD_BUNDLE"))
+    add_bundle_args(parser, data=False)
     parser.add_argument("--slowloris", type=int, default=1100, help="slow connections")
     parser.add_argument("--pipelined", type=int, default=60, help="unread pipelined scores")
     args = parser.parse_args()

@@ -30,7 +30,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.loadclient import RssSampler, percentile, serve  # noqa: E402  (a script)
+from benchmarks.loadclient import (  # noqa: E402  (a script: the repo is not installed)
+    RssSampler,
+    add_bundle_args,
+    percentile,
+    save_figure,
+    serve,
+)
 from benchmarks.runinfo import RESULTS, run_info, write_result  # noqa: E402
 
 RUNNER = ROOT / "loadtest" / "run.py"
@@ -119,15 +125,12 @@ def plot(
     )  # fmt: skip
     bottom.set(xlabel="time (min)", ylabel="latency (ms, locust)")
     bottom.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=os.environ.get("NEXTWORD_BUNDLE"))
-    parser.add_argument("--data", type=Path, default=os.environ.get("NEXTWORD_DATA"))
+    add_bundle_args(parser)
     parser.add_argument("--duration", type=int, default=600, help="soak seconds")
     parser.add_argument("--fraction", type=float, default=0.7, help="of the saturation rate")
     parser.add_argument("--users", type=int, default=100, help="simulated typists in the soak")
