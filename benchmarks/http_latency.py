@@ -41,7 +41,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.runinfo import run_info  # noqa: E402  (a script: the repo is not installed)
+from benchmarks.loadclient import free_port  # noqa: E402  (a script: the repo is not installed)
+from benchmarks.runinfo import run_info  # noqa: E402
 
 TARGET_SESSION_P99_MS = 1.5
 TARGET_SESSION_RATIO = 4.0
@@ -62,7 +63,8 @@ def serve_minimal(host: str, port: int) -> None:
     async def minimal() -> dict[str, bool]:
         return {"ok": True}
 
-    # The same uvicorn settings as `python -m service serve` (see service/__main__.py).
+    # Plain uvicorn, as `python -m service serve` runs it but without its connection guard
+    # (service/protocol.py, ~3 µs per request): the floor of any FastAPI endpoint.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -155,12 +157,6 @@ def wait_ready(port: int, path: str, process: subprocess.Popen[bytes], timeout_s
             pass
         time.sleep(0.2)
     raise RuntimeError(f"server on port {port} not ready after {timeout_s} s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def summarise(ms: list[float]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_shutdown import free_port, wait_ready  # one way to start and await a real server
 
 pytestmark = pytest.mark.load
 
@@ -36,12 +37,6 @@ MAX_IN_FLIGHT = 100
 SLOWLORIS = 200
 PIPELINED = 60  # within the protocol's MAX_PIPELINED
 NORMAL_LATENCY_BOUND_S = 1.0  # the slowest answer the normal client may get (a loaded machine)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +68,6 @@ def port(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             process.wait(timeout=10)
     # Refusals are the protocol's; nothing here is an error of the app.
     assert "Traceback" not in log_path.read_text()
-
-
-def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        with contextlib.suppress(OSError):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/readyz")
-            if connection.getresponse().status == 200:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"the server was not ready in 120 s: {log.read_text()}")
 
 
 def status_of(sock: socket.socket, timeout_s: float = 5.0) -> int | None:
