@@ -1,9 +1,10 @@
 """Trees vs the full softmax on WikiText-2 with one encoder and one training-token budget.
 
 Trains, one after the other, the recipe's encoder with: the Huffman tree, the two-level class
-tree, the full softmax, and a clustered tree built from the Huffman run's input embeddings
-(Mnih & Hinton 2008). Every run gets the same ``--max-tokens`` (a token budget, not a time
-budget, so a busy machine slows runs down without changing what they learn). Each is then
+tree, the adaptive softmax (Grave et al. 2016, default cutoffs), the full softmax, and a
+clustered tree built from the Huffman run's input embeddings (Mnih & Hinton 2008). Every run
+gets the same ``--max-tokens`` (a token budget, not a time budget, so a busy machine slows runs
+down without changing what they learn). Each is then
 evaluated on valid and test: perplexity, top-1/3/10 accuracy (``<unk>`` targets excluded),
 training tokens/s and minutes.
 
@@ -37,6 +38,7 @@ from model_export.train import BEST, LAST, train  # noqa: E402
 VARIANTS = {
     "huffman": ("hs", "huffman"),
     "classes": ("hs", "classes"),
+    "adaptive": ("adaptive", "huffman"),
     "full": ("full", "huffman"),
     "clustered": ("hs", "clustered"),
 }

@@ -23,8 +23,9 @@ from typing import Any, NoReturn
 from model_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model_export.data import Corpus, DataError, download_wikitext2, load_corpus
 from model_export.datadir import resolve_data_dir
-from model_export.model import ConfigError
+from model_export.model import CELLS, HEADS, ConfigError
 from model_export.recipes import get_recipe
+from model_export.trees import TREE_KINDS
 from service.bundle import BundleError
 from service.tree import TreeError
 
@@ -35,32 +36,52 @@ TOPK_HELP = (
     "costs a dense matmul per token, perplexity is always over the whole split)"
 )
 
-# Flags that override a recipe's ModelConfig / TrainConfig fields (None = keep the recipe's).
-MODEL_FLAGS = {
-    "cell": str,
-    "emb_size": int,
-    "hidden_size": int,
-    "layers": int,
-    "dropout": float,
-    "head": str,
-    "proj_size": int,
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    """``--cutoffs 2000,10000`` -> ``(2000, 10000)``."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        message = f"expected integers separated by commas, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+# Flags that override a recipe's ModelConfig / TrainConfig fields (None = keep the recipe's):
+# name -> (type, help). Choices come from the config classes that validate them.
+MODEL_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "cell": (str, f"recurrent cell ({', '.join(CELLS)})"),
+    "emb_size": (int, "input embedding width"),
+    "hidden_size": (int, "recurrent state width per layer"),
+    "layers": (int, "recurrent layers"),
+    "dropout": (float, "dropout on embeddings and RNN outputs, in [0, 1)"),
+    "head": (str, f"output layer ({', '.join(HEADS)}: tree, full softmax, adaptive softmax)"),
+    "proj_size": (int, "width of a linear projection after the RNN (0: none)"),
+    "cutoffs": (
+        _cutoffs,
+        "adaptive head: comma-separated word ranks ending the shortlist and each tail cluster "
+        "(default 1000,5000,15000, measured on WikiText-2)",
+    ),
+    "div_value": (
+        float,
+        "adaptive head: tail cluster i projects to d / DIV ** (i + 1) (default 2)",
+    ),
 }
-TRAIN_FLAGS = {
-    "tree": str,
-    "tree_from": str,
-    "batch_size": int,
-    "bptt": int,
-    "optimizer": str,
-    "lr": float,
-    "lr_decay": float,
-    "clip": float,
-    "weight_decay": float,
-    "epochs": int,
-    "max_minutes": float,
-    "max_tokens": int,
-    "eval_every": int,
-    "seed": int,
-    "threads": int,
+TRAIN_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "tree": (str, f"hs head: the tree ({', '.join(TREE_KINDS)})"),
+    "tree_from": (str, "clustered tree: checkpoint whose input embeddings are clustered"),
+    "batch_size": (int, "sequences per step"),
+    "bptt": (int, "time steps per window of truncated back-propagation"),
+    "optimizer": (str, "sgd or adam"),
+    "lr": (float, "learning rate"),
+    "lr_decay": (float, "LR factor when validation perplexity does not improve, in (0, 1]"),
+    "clip": (float, "gradient norm clip"),
+    "weight_decay": (float, "L2 weight decay"),
+    "epochs": (int, "at most this many passes over the training text"),
+    "max_minutes": (float, "stop after this many minutes (resumes included)"),
+    "max_tokens": (int, "stop after this many training tokens (resumes included)"),
+    "eval_every": (int, "training tokens between validations (0: once per epoch)"),
+    "seed": (int, "random seed"),
+    "threads": (int, "intra-op threads (0: every core)"),
 }
 
 
@@ -78,10 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, type=Path, help="run directory (best.pt, last.pt)")
     train.add_argument("--recipe", default="default", help="tiny, default or quality")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    for name, kind in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
-        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
-    train.add_argument("--no-tie", dest="tie_weights", action="store_false", default=None)
-    train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    for name, (kind, help_text) in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
+        flag = f"--{name.replace('_', '-')}"
+        train.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+    train.add_argument(
+        "--no-tie", dest="tie_weights", action="store_false", default=None,
+        help="full softmax: do not share the output matrix with the embeddings",
+    )  # fmt: skip
+    train.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=None,
+        help="no progress bar",
+    )  # fmt: skip
 
     ev = sub.add_parser("eval", help="perplexity and top-k accuracy of a checkpoint")
     ev.add_argument("checkpoint", type=Path)

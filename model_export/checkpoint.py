@@ -2,9 +2,9 @@
 
 ``{"format", "version", "model_config", "state_dict", "vocab", "counts", "tree", "data",
 "metrics", "train": {...}}``. ``tree`` is ``{"kind", "child_ptr", "children"}`` for the
-hierarchical softmax and ``None`` for the full softmax; ``train`` holds what resuming needs
-(optimizer state, position, carried recurrent state, RNG states) and is absent from exported or
-evaluation-only use. Everything loads with ``torch.load(weights_only=True)``.
+hierarchical and the adaptive softmax and ``None`` for the full softmax; ``train`` holds what
+resuming needs (optimizer state, position, carried recurrent state, RNG states) and is absent
+from exported or evaluation-only use. Everything loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model_export.model import ConfigError, HierarchicalSoftmax, LanguageModel, ModelConfig
+from model_export.model import ConfigError, LanguageModel, ModelConfig
 from service.tree import Tree, TreeError
 
 FORMAT = "nextword-checkpoint"
@@ -47,7 +47,7 @@ class Checkpoint:
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write atomically (temp file + rename): a crash never leaves a truncated checkpoint."""
     model = ckpt.model
-    tree = model.head.tree if isinstance(model.head, HierarchicalSoftmax) else None
+    tree = model.tree
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,

@@ -160,6 +160,7 @@ def export_bundle(
                 weight=weight,
                 bias=bias,
                 encoder_onnx=onnx_path,
+                factors=model.tree_factors(),
                 force=force,
                 verify=verify,
             )
@@ -195,7 +196,8 @@ def check_parity(
     torch_hidden, _ = model.encoder(torch.from_numpy(tokens), torch.from_numpy(zero))
     flat_onnx = hidden.reshape(-1, hidden.shape[-1])  # (B*T, d)
     flat_torch = torch_hidden.reshape(-1, torch_hidden.shape[-1])
-    bundle_lp = bundle.tree.leaf_log_probs(bundle.weight, bundle.bias, flat_onnx)  # (B*T, V)
+    # (B*T, V), through the factored nodes where the bundle has them, as the decoder scores
+    bundle_lp = bundle.tree.leaf_log_probs(bundle.weight, bundle.bias, flat_onnx, bundle.factors)
     chosen = rng.integers(0, cfg.vocab_size, size=(len(flat_onnx), words))
     positions = np.repeat(np.arange(len(flat_onnx)), words)
     torch_lp = (

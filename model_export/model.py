@@ -8,6 +8,8 @@ Heads
   the rows that tree defines, so the bundle stores them unchanged.
 * :class:`FullSoftmax` is the ``V``-way softmax baseline (Bengio et al. 2003) that prices the tree.
   It exports as a one-level "flat" tree (:meth:`FullSoftmax.as_tree`), so serving reads one format.
+* :class:`model_export.adaptive.AdaptiveSoftmax` (Grave et al. 2016): a shortlist of frequent
+  words and low-rank tail clusters, exported as a two-level tree with its factors multiplied out.
 
 The encoder's ``forward(tokens (B, T), state (L, B, S)) -> (hidden (B, T, d), state (L, B, S))``
 is the ONNX contract of :mod:`service.bundle`; an LSTM packs ``h`` and ``c`` side by side in
@@ -24,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.tree import NO_ROW, Tree
+from model_export.adaptive import DEFAULT_DIV_VALUE, AdaptiveSoftmax, default_cutoffs
+from model_export.trees import check_cutoffs
+from service.tree import NO_ROW, Factors, Tree
 
 CELLS = ("lstm", "gru")
-HEADS = ("hs", "full")
+HEADS = ("hs", "full", "adaptive")
 
 
 class ConfigError(ValueError):
@@ -49,6 +53,11 @@ class ModelConfig:
     """Width ``d`` of a linear projection after the RNN; 0 scores the RNN output directly."""
     tie_weights: bool = True
     """Full softmax only: share the output matrix with the input embeddings when ``d == emb``."""
+    cutoffs: tuple[int, ...] = ()
+    """Adaptive softmax only: word ranks where the shortlist and each tail cluster end (empty:
+    :func:`model_export.adaptive.default_cutoffs` of the vocabulary size)."""
+    div_value: float = DEFAULT_DIV_VALUE
+    """Adaptive softmax only: tail cluster ``i`` projects ``h`` to ``d / div_value ** (i + 1)``."""
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -65,6 +74,21 @@ class ModelConfig:
             raise ConfigError(f"proj_size must be >= 0, got {self.proj_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        self._check_adaptive()
+
+    def _check_adaptive(self) -> None:
+        cutoffs = tuple(int(c) for c in self.cutoffs)
+        if self.head == "adaptive" and not cutoffs:
+            cutoffs = default_cutoffs(self.vocab_size)
+        object.__setattr__(self, "cutoffs", cutoffs)  # frozen; JSON gives back a list
+        if self.head != "adaptive":
+            return
+        try:
+            check_cutoffs(cutoffs, self.vocab_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not self.div_value >= 1.0:
+            raise ConfigError(f"div_value must be >= 1, got {self.div_value}")
 
     @property
     def output_size(self) -> int:
@@ -404,25 +428,36 @@ class _Bucket:
         return table
 
 
-Head = HierarchicalSoftmax | FullSoftmax
+Head = HierarchicalSoftmax | FullSoftmax | AdaptiveSoftmax
+TREE_HEADS = ("hs", "adaptive")
+"""Heads whose tree is part of the model (stored in checkpoints); the full softmax has none."""
 
 
 class LanguageModel(nn.Module):
-    """Encoder + head. ``tree`` is required for the hierarchical softmax, ignored otherwise."""
+    """Encoder + head. ``tree`` is required for the heads in :data:`TREE_HEADS`, ignored otherwise
+    (the adaptive softmax's comes from :func:`model_export.trees.adaptive_tree`)."""
 
     def __init__(self, config: ModelConfig, tree: Tree | None = None) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.head: Head
-        if config.head == "hs":
+        if config.head in TREE_HEADS:
             if tree is None:
-                raise ConfigError("the hierarchical softmax head needs a tree")
+                raise ConfigError(f"the {config.head} head needs a tree")
             if tree.num_leaves != config.vocab_size:
                 raise ConfigError(
                     f"tree has {tree.num_leaves} leaves but the vocabulary has {config.vocab_size}"
                 )
+        if config.head == "hs" and tree is not None:
             self.head = HierarchicalSoftmax(tree, config.output_size)
+        elif config.head == "adaptive" and tree is not None:
+            try:
+                self.head = AdaptiveSoftmax(
+                    tree, config.output_size, config.cutoffs, config.div_value
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         else:
             tied = self.encoder.embedding.weight if config.tied else None
             self.head = FullSoftmax(config.vocab_size, config.output_size, tied)
@@ -436,6 +471,15 @@ class LanguageModel(nn.Module):
         hidden, state = self.encoder(tokens, state)
         d = hidden.shape[-1]
         return self.head.loss(hidden.reshape(-1, d), targets.reshape(-1)), state
+
+    @property
+    def tree(self) -> Tree | None:
+        """The head's own tree (``None`` for the full softmax, whose tree is only an export)."""
+        return None if isinstance(self.head, FullSoftmax) else self.head.tree
+
+    def tree_factors(self) -> Factors | None:
+        """The low-rank form of some nodes' rows, for the bundle (the adaptive softmax's)."""
+        return self.head.factors() if isinstance(self.head, AdaptiveSoftmax) else None
 
     def tree_arrays(self) -> tuple[Tree, np.ndarray, np.ndarray]:
         """The tree and its float32 ``weight``/``bias`` as the bundle stores them."""

@@ -25,7 +25,7 @@ from model_export.data import Corpus
 from model_export.evaluate import perplexity
 from model_export.model import ConfigError, LanguageModel, ModelConfig
 from model_export.streams import batchify, windows
-from model_export.trees import TREE_KINDS, build_tree
+from model_export.trees import TREE_KINDS, adaptive_tree, build_tree
 from service.tree import Tree
 
 OPTIMIZERS = ("sgd", "adam")
@@ -192,10 +192,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def _fresh(model_config: ModelConfig, cfg: TrainConfig, corpus: Corpus) -> Checkpoint:
     torch.manual_seed(cfg.seed)
-    tree = make_tree(cfg.tree, corpus, cfg.tree_from) if model_config.head == "hs" else None
+    tree, kind = None, "flat"
+    if model_config.head == "hs":
+        tree, kind = make_tree(cfg.tree, corpus, cfg.tree_from), cfg.tree
+    elif model_config.head == "adaptive":
+        tree, kind = adaptive_tree(corpus.counts, model_config.cutoffs), "adaptive"
     torch.manual_seed(cfg.seed)
     model = LanguageModel(model_config, tree)
-    kind = cfg.tree if tree is not None else "flat"
     return Checkpoint(model, corpus.vocab, corpus.counts, kind, dict(DATA_INFO))
 
 

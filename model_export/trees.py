@@ -8,6 +8,9 @@
   frequent words sit in small classes. A node with c children normalises with a c-way softmax.
 * :func:`clustered_tree` - a binary tree learned from the data (Mnih & Hinton 2008):
   recursively split the words in two by their vectors from a first trained model.
+* :func:`adaptive_tree` - the shape of the adaptive softmax (Grave et al. 2016): a shortlist of
+  frequent words and a few clusters of rarer ones under the root; the head that fills its rows
+  is :class:`model_export.adaptive.AdaptiveSoftmax`.
 
 Every builder numbers nodes as :mod:`service.tree` requires: leaves are word ids, an internal
 node has a larger id than its children, the root is last.
@@ -16,6 +19,7 @@ node has a larger id than its children, the root is last.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -133,22 +137,65 @@ def class_tree(counts: np.ndarray, num_classes: int | None = None) -> Tree:
     """Two-level tree: the root's children are the classes (about sqrt(V) by default), each
     class node's children are its words; a class of one word is that leaf under the root."""
     classes = class_assignment(counts, num_classes)
-    num_words = len(classes)
     members = [np.flatnonzero(classes == c) for c in range(int(classes.max()) + 1)]
-    if len(members) == 1:  # one class: the root holds every word
-        return Tree(num_words, [0, num_words], np.arange(num_words))
+    return two_level_tree(len(classes), members)
+
+
+def two_level_tree(num_words: int, groups: list[npt.NDArray[np.int64]]) -> Tree:
+    """The root's children are ``groups`` in order: a group of one word is that leaf, a larger
+    group an internal node whose children are its words in order. One group is the flat tree.
+
+    Internal nodes are numbered in group order and the root last, so the rows of group ``g``'s
+    node come before those of later groups and the root's rows are the last ``len(groups) - 1``.
+    """
+    if len(groups) == 1:  # one group: the root holds every word
+        return Tree(num_words, [0, num_words], np.asarray(groups[0], dtype=np.int64))
     child_lists: list[npt.NDArray[np.int64]] = []
     root_children: list[int] = []
-    for words in members:
+    for words in groups:
         if len(words) == 1:
             root_children.append(int(words[0]))
         else:
             root_children.append(num_words + len(child_lists))
-            child_lists.append(words)
+            child_lists.append(np.asarray(words, dtype=np.int64))
     child_lists.append(np.asarray(root_children, dtype=np.int64))
     sizes = [len(c) for c in child_lists]
     child_ptr = np.concatenate([[0], np.cumsum(sizes)])
     return Tree(num_words, child_ptr, np.concatenate(child_lists))
+
+
+# -- adaptive softmax clusters (Grave et al.) ------------------------------------------------------
+
+
+def frequency_clusters(counts: np.ndarray, cutoffs: tuple[int, ...]) -> list[npt.NDArray[np.int64]]:
+    """Word ids by descending count (ties by id), cut at ``cutoffs``: the shortlist of the
+    ``cutoffs[0]`` most frequent words, then one cluster per cutoff (Grave et al. 2016)."""
+    weight = _check_counts(counts)
+    check_cutoffs(cutoffs, len(weight))
+    order = np.argsort(-weight, kind="stable")
+    bounds = [*cutoffs, len(weight)]
+    return [order[: cutoffs[0]]] + [order[a:b] for a, b in pairwise(bounds)]
+
+
+def check_cutoffs(cutoffs: tuple[int, ...], num_words: int) -> None:
+    """Raise ``ValueError`` unless ``0 < cutoffs[0] < ... < cutoffs[-1] < num_words``."""
+    if not cutoffs:
+        raise ValueError("the adaptive softmax needs at least one cutoff")
+    bounds = [0, *cutoffs, num_words]
+    if any(b <= a for a, b in pairwise(bounds)):
+        raise ValueError(
+            f"cutoffs must increase strictly between 0 and the vocabulary size {num_words} "
+            f"(exclusive), got {', '.join(map(str, cutoffs))}"
+        )
+
+
+def adaptive_tree(counts: np.ndarray, cutoffs: tuple[int, ...]) -> Tree:
+    """The adaptive softmax's shape as a two-level tree: the root's children are the shortlist
+    words (most frequent first) and then one node per tail cluster, whose children are its
+    words by descending count. A cluster of one word is that leaf under the root."""
+    shortlist, *clusters = frequency_clusters(counts, cutoffs)
+    groups = [shortlist[j : j + 1] for j in range(len(shortlist))] + clusters
+    return two_level_tree(len(np.asarray(counts)), groups)
 
 
 # -- clustered (Mnih & Hinton) ---------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The serving bundle: the contract between training (``model_export``) and serving.
 
-Bundle format ``nextword-bundle`` version 1 (the only place it is defined)
+Bundle format ``nextword-bundle`` version 2 (the only place it is defined)
 -------------------------------------------------------------------------
 A bundle is a directory holding exactly these files:
 
 ``manifest.json``
     UTF-8 JSON object. Required keys (:data:`REQUIRED_KEYS`): ``format`` (= ``nextword-bundle``),
-    ``format_version`` (= 1), ``name``, ``created`` (ISO 8601), ``vocab_size`` (V), ``hidden_size``
+    ``format_version`` (2; version 1, which has no factors, still loads), ``name``, ``created``
+    (ISO 8601), ``vocab_size`` (V), ``hidden_size``
     (d, the width of the vectors the tree scores), ``encoder`` (``{"cell": "lstm"|"gru",
     "layers": L, "state_size": S, "opset": int, "inputs": {...}, "outputs": {...}}`` with the
     ONNX names and shapes below), ``tree`` (``{"kind": str, "num_internal": int, "max_children":
@@ -25,7 +26,9 @@ A bundle is a directory holding exactly these files:
 ``tree.npz``
     Uncompressed numpy archive (``allow_pickle=False``) with ``child_ptr`` int64, ``children``
     int64 (the encoding of :mod:`service.tree`), ``weight`` float32 ``(V - 1, d)`` and ``bias``
-    float32 ``(V - 1,)``.
+    float32 ``(V - 1,)``. Since version 2, optionally the factored nodes of :mod:`service.tree`
+    (``factor_node``, ``factor_rank`` int64, ``factor_proj``, ``factor_rows`` float32, all 1-d):
+    the adaptive softmax's tail clusters. Loading checks that ``weight`` holds their products.
 
 Bundles are written to a temporary sibling directory and renamed into place, so a reader never
 sees a half-written bundle.
@@ -46,10 +49,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.tree import Tree, TreeError
+from service.tree import Factors, Tree, TreeError
 
 FORMAT_NAME = "nextword-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
+FACTOR_ARRAYS = ("factor_node", "factor_rank", "factor_proj", "factor_rows")
 
 MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "vocab.txt"
@@ -97,6 +102,7 @@ class Bundle:
     tree: Tree
     weight: npt.NDArray[np.float32]
     bias: npt.NDArray[np.float32]
+    factors: Factors | None = None
 
     @property
     def encoder_path(self) -> Path:
@@ -143,10 +149,10 @@ def read_manifest(path: Path) -> Manifest:
         raise BundleError(
             f"bundle {path}: format {manifest.get('format')!r}, expected {FORMAT_NAME!r}"
         )
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READS_VERSIONS:
         raise BundleError(
             f"bundle {path}: format version {manifest.get('format_version')!r} is not supported "
-            f"(this release reads version {FORMAT_VERSION})"
+            f"(this release reads versions {', '.join(map(str, READS_VERSIONS))})"
         )
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
@@ -177,20 +183,31 @@ def read_vocab(path: Path) -> list[str]:
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 
-def read_tree(path: Path) -> tuple[Tree, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+def read_tree(
+    path: Path,
+) -> tuple[Tree, npt.NDArray[np.float32], npt.NDArray[np.float32], Factors | None]:
     try:
         with np.load(path / TREE_FILE, allow_pickle=False) as arrays:
             child_ptr, children = arrays["child_ptr"], arrays["children"]
             weight = np.ascontiguousarray(arrays["weight"], dtype=np.float32)
             bias = np.ascontiguousarray(arrays["bias"], dtype=np.float32)
+            present = [name for name in FACTOR_ARRAYS if name in arrays.files]
+            factor_arrays = [arrays[name] for name in present]
     except (OSError, ValueError, KeyError) as exc:
         raise BundleError(f"bundle {path}: {TREE_FILE} is unreadable ({exc})") from None
+    if present and len(present) != len(FACTOR_ARRAYS):
+        missing = sorted(set(FACTOR_ARRAYS) - set(present))
+        raise BundleError(f"bundle {path}: {TREE_FILE} has factors without {', '.join(missing)}")
     try:
         tree = Tree(weight.shape[0] + 1, child_ptr, children)
         tree.check_parameters(weight, bias)
+        factors = None
+        if present:
+            factors = Factors(tree, weight.shape[1], *factor_arrays)
+            factors.check_rows(tree, weight)
     except TreeError as exc:
         raise BundleError(f"bundle {path}: {TREE_FILE}: {exc}") from None
-    return tree, weight, bias
+    return tree, weight, bias, factors
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
@@ -199,7 +216,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     manifest = read_manifest(root)
     verify_checksums(root, manifest)
     vocab = read_vocab(root)
-    tree, weight, bias = read_tree(root)
+    tree, weight, bias, factors = read_tree(root)
     if len(vocab) != manifest["vocab_size"] or tree.num_leaves != len(vocab):
         raise BundleError(
             f"bundle {root}: vocab.txt has {len(vocab)} tokens, tree has {tree.num_leaves} leaves, "
@@ -213,7 +230,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     for token in manifest["special_tokens"].values():
         if token not in vocab:
             raise BundleError(f"bundle {root}: special token {token!r} is not in vocab.txt")
-    return Bundle(path=root, manifest=manifest, vocab=vocab, tree=tree, weight=weight, bias=bias)
+    return Bundle(root, manifest, vocab, tree, weight, bias, factors)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -228,6 +245,7 @@ def write_bundle(
     weight: npt.NDArray[np.floating],
     bias: npt.NDArray[np.floating],
     encoder_onnx: Path,
+    factors: Factors | None = None,
     force: bool = False,
     verify: Callable[[Path], None] | None = None,
 ) -> Path:
@@ -247,13 +265,15 @@ def write_bundle(
     try:
         (staged / VOCAB_FILE).write_text("".join(f"{token}\n" for token in vocab), encoding="utf-8")
         shutil.copyfile(encoder_onnx, staged / ENCODER_FILE)
-        np.savez(
-            staged / TREE_FILE,
-            child_ptr=tree.child_ptr,
-            children=tree.children,
-            weight=np.asarray(weight, dtype=np.float32),
-            bias=np.asarray(bias, dtype=np.float32),
-        )
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "child_ptr": tree.child_ptr,
+            "children": tree.children,
+            "weight": np.asarray(weight, dtype=np.float32),
+            "bias": np.asarray(bias, dtype=np.float32),
+        }
+        if factors is not None and len(factors):
+            arrays.update(zip(FACTOR_ARRAYS, factors.stored_arrays, strict=True))
+        np.savez(staged / TREE_FILE, allow_pickle=False, **arrays)
         full = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

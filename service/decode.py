@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from service import decode_kernels as kernels
 from service.bundle import Bundle
-from service.tree import Tree
+from service.tree import Factors, Tree
 
 BoolArray = npt.NDArray[np.bool_]
 MarkArray = npt.NDArray[np.uint64]
@@ -204,10 +204,10 @@ class _SharedMarks:
 class _Scratch:
     """One thread's reusable buffers: a request allocates only its result arrays."""
 
-    def __init__(self, num_nodes: int, max_children: int) -> None:
-        self.heap_lp: F64Array = np.empty(_HEAP_START + max_children, dtype=np.float64)
-        self.heap_node: IntArray = np.empty(_HEAP_START + max_children, dtype=np.int64)
-        self.buf: F64Array = np.empty(max_children, dtype=np.float64)
+    def __init__(self, num_nodes: int, buf_size: int) -> None:
+        self.heap_lp: F64Array = np.empty(_HEAP_START + buf_size, dtype=np.float64)
+        self.heap_node: IntArray = np.empty(_HEAP_START + buf_size, dtype=np.int64)
+        self.buf: F64Array = np.empty(buf_size, dtype=np.float64)
         self.marks: MarkArray = np.zeros(kernels.marks_words(num_nodes), dtype=np.uint64)
         self._marked: tuple[IntArray, int, int] | None = None
 
@@ -238,6 +238,7 @@ class DecodeTree:
         weight: npt.NDArray[np.floating],
         bias: npt.NDArray[np.floating],
         vocab: Sequence[str] | None = None,
+        factors: Factors | None = None,
     ) -> None:
         tree.check_parameters(weight, bias)
         if vocab is not None and len(vocab) != tree.num_leaves:
@@ -253,7 +254,20 @@ class DecodeTree:
         self.num_words = tree.num_leaves
         self.hidden_size = int(self.weight.shape[1])
         self.hidden_shape = (self.hidden_size,)
-        self.arrays = (tree.child_ptr, tree.children, self.weight, self.bias)
+        self.factors = Factors.none(tree, self.hidden_size) if factors is None else factors
+        if self.factors.dim != self.hidden_size:
+            raise ValueError(
+                f"factors project {self.factors.dim} dims, the rows have {self.hidden_size}"
+            )
+        # A node's child log-probs, then the projected vector of a factored node after them.
+        self.buf_size = self.max_children + self.factors.max_rank
+        self.arrays = (
+            tree.child_ptr,
+            tree.children,
+            self.weight,
+            self.bias,
+            self.factors.kernel_arrays,
+        )
         """The model as the kernels take it."""
         self._local = threading.local()
         self._start_search: Callable[..., tuple[int, int, int, float]] = self._first_search
@@ -263,7 +277,7 @@ class DecodeTree:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> DecodeTree:
-        return cls(bundle.tree, bundle.weight, bundle.bias, bundle.vocab)
+        return cls(bundle.tree, bundle.weight, bundle.bias, bundle.vocab, bundle.factors)
 
     def ban_mask(self, ids: Iterable[int]) -> BoolArray:
         """A ``(V,)`` mask with ``True`` at ``ids``: words never suggested. Build it once."""
@@ -293,7 +307,8 @@ class DecodeTree:
     def _scratch(self) -> _Scratch:
         scratch: _Scratch | None = getattr(self._local, "scratch", None)
         if scratch is None:
-            scratch = self._local.scratch = _Scratch(self.tree.num_nodes, self.max_children)
+            scratch = _Scratch(self.tree.num_nodes, self.buf_size)
+            self._local.scratch = scratch
         return scratch
 
 
@@ -303,7 +318,7 @@ FilterArgs = tuple[IntArray, int, int, BoolArray, MarkArray, float]
 
 
 SearchArgs = tuple[
-    IntArray, IntArray, F32Array, F32Array, F32Array, int,
+    IntArray, IntArray, F32Array, F32Array, kernels.FactorArrays, F32Array, int,
     IntArray, int, int, BoolArray, MarkArray, float,
 ]  # fmt: skip
 """The kernels' leading arguments: the model (:attr:`DecodeTree.arrays`), ``h``, ``V`` and the
@@ -515,8 +530,8 @@ def word_log_probs(
     out = np.empty(words.shape[0], dtype=np.float64)
     tree = dt.tree
     kernels.path_log_probs(
-        tree.child_ptr, tree.parent, tree.node_edge, dt.weight, dt.bias, h,
-        tree.num_leaves, words, np.empty(dt.max_children, dtype=np.float64), out,
+        tree.child_ptr, tree.parent, tree.node_edge, dt.weight, dt.bias, dt.arrays[4], h,
+        tree.num_leaves, words, np.empty(dt.buf_size, dtype=np.float64), out,
     )  # fmt: skip
     return out
 
@@ -524,7 +539,7 @@ def word_log_probs(
 def brute_force_log_probs(dt: DecodeTree, hidden: npt.NDArray[np.floating]) -> F64Array:
     """Every word's ``log P(word | h)``: ``(V,)`` for ``(d,)``, ``(B, V)`` for ``(B, d)``."""
     h = np.asarray(hidden, dtype=np.float64)
-    scores = dt.tree.leaf_log_probs(dt.weight, dt.bias, h)
+    scores = dt.tree.leaf_log_probs(dt.weight, dt.bias, h, dt.factors)
     return scores[0] if h.ndim == 1 else scores
 
 

@@ -42,6 +42,9 @@ MarkArray = npt.NDArray[np.uint64]
 BoolArray = npt.NDArray[np.bool_]
 F64Array = npt.NDArray[np.float64]
 F32Array = npt.NDArray[np.float32]
+FactorArrays = tuple[IntArray, IntArray, IntArray, F32Array, IntArray, F32Array]
+""":attr:`service.tree.Factors.kernel_arrays`: ``(node_factor, rank, proj_ptr, proj, rows_ptr,
+rows)``; ``node_factor`` is empty for a tree without factored nodes."""
 
 # Reassociation lets LLVM vectorise the dot product; NaN/inf semantics stay strict because the
 # search compares against -inf thresholds. The helpers are inlined into the searches at numba's
@@ -97,11 +100,81 @@ def row_logit(weight: F32Array, bias: F32Array, row: int, h: F32Array) -> float:
     return float(acc + bias[row])
 
 
+_POW2_NEG = np.ldexp(1.0, -np.arange(1076))
+"""``2 ** -n`` for ``n = 0 .. 1075``: the scale of :func:`exp_nonpositive` (a compile-time
+constant of every kernel that inlines it)."""
+
+
+@kernel_jit(fastmath=DOT_MATH, inline="always")
+def exp_nonpositive(x: float) -> float:
+    """``exp(x)`` for ``x <= 0``, to ~1e-15 relative, in straight-line code that vectorises.
+
+    A wide node normalises over all its children: with libm's ``exp`` (a call per child, which
+    no loop vectorises) that took 70 % of expanding a 23k-word cluster. Here ``x = n ln 2 + r``
+    with ``|r| <= ln 2 / 2`` (``ln 2`` split in two, Cody & Waite), ``exp(r)`` is its Taylor
+    polynomial to ``r ** 13`` (truncation below 1e-17) and ``2 ** n`` comes from a table.
+    Below -708 (where ``exp`` leaves double range) it returns ``exp(-708)``, 3e-308.
+    """
+    v = max(x, -708.0)
+    n = np.floor(v * 1.4426950408889634 + 0.5)
+    r = (v - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10
+    p = 1.6059043836821613e-10  # 1 / 13!
+    p = p * r + 2.08767569878681e-09
+    p = p * r + 2.505210838544172e-08
+    p = p * r + 2.755731922398589e-07
+    p = p * r + 2.7557319223985893e-06
+    p = p * r + 2.48015873015873e-05
+    p = p * r + 0.0001984126984126984
+    p = p * r + 0.001388888888888889
+    p = p * r + 0.008333333333333333
+    p = p * r + 0.041666666666666664
+    p = p * r + 0.16666666666666666
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    return float(p * _POW2_NEG[int(-n)])
+
+
+@kernel_jit(fastmath=DOT_MATH, inline="always")
+def factored_logits(
+    factors: FactorArrays,
+    f: int,
+    bias: F32Array,
+    first_row: int,
+    rows: int,
+    h: F32Array,
+    out: F64Array,
+) -> None:
+    """``out[j] = Q_f[j] . (P_f h) + bias[first_row + j]`` for ``j < rows``; ``P_f h`` is kept
+    at the end of ``out``, past every node's children (the caller sizes it so)."""
+    _, rank, proj_ptr, proj, rows_ptr, q = factors
+    r = rank[f]
+    d = h.shape[0]
+    # 2-d views of the flat arrays: loops over a view's row vectorise, flat offsets measured
+    # 2-6x slower (no SIMD over the rank for r = 16).
+    p_f = proj[proj_ptr[f] : proj_ptr[f + 1]].reshape((r, d))
+    q_f = q[rows_ptr[f] : rows_ptr[f + 1]].reshape((rows, r))
+    u = out[out.shape[0] - r :]
+    for a in range(r):
+        p_a = p_f[a]
+        acc = 0.0
+        for t in range(d):
+            acc += np.float64(p_a[t]) * np.float64(h[t])
+        u[a] = acc
+    for j in range(rows):
+        q_j = q_f[j]
+        acc = 0.0
+        for a in range(r):
+            acc += np.float64(q_j[a]) * u[a]
+        out[j] = acc + bias[first_row + j]
+
+
 @kernel_jit(fastmath=DOT_MATH, inline="always")
 def child_log_probs(
     child_ptr: IntArray,
     weight: F32Array,
     bias: F32Array,
+    factors: FactorArrays,
     h: F32Array,
     node_index: int,
     base: float,
@@ -111,7 +184,10 @@ def child_log_probs(
     start = child_ptr[node_index]
     count = child_ptr[node_index + 1] - start
     first_row = start - node_index
-    if count == 2:  # the common binary node: a sigmoid
+    node_factor = factors[0]
+    if node_factor.shape[0] > 0 and node_factor[node_index] >= 0:
+        factored_logits(factors, node_factor[node_index], bias, first_row, count - 1, h, out)
+    elif count == 2:  # the common binary node: a sigmoid
         x = row_logit(weight, bias, first_row, h)
         # log sigma(x) and log sigma(-x) from one log(1 + exp(-|x|)), finite for any finite x.
         # log, not log1p: the rounding of 1 + e costs at most 1.1e-16 in absolute terms, which
@@ -120,15 +196,16 @@ def child_log_probs(
         out[0] = base - soft + min(x, 0.0)
         out[1] = base - soft - max(x, 0.0)
         return 2
+    else:
+        for j in range(count - 1):
+            out[j] = row_logit(weight, bias, first_row + j, h)
     peak = 0.0  # the reference child's logit
     for j in range(count - 1):
-        z = row_logit(weight, bias, first_row + j, h)
-        out[j] = z
-        peak = max(peak, z)
+        peak = max(peak, out[j])
     out[count - 1] = 0.0
     total = 0.0
     for j in range(count):
-        total += np.exp(out[j] - peak)
+        total += exp_nonpositive(out[j] - peak)
     norm = base - peak - np.log(total)
     for j in range(count):
         out[j] += norm
@@ -227,6 +304,68 @@ def heap_pop(heap_lp: F64Array, heap_node: IntArray, size: int) -> int:
     return size
 
 
+WIDE_NODE = 16
+"""Children from which an expansion first finds the floor of :func:`leaf_floor`."""
+
+
+@kernel_jit(inline="always")
+def leaf_floor(
+    children: IntArray,
+    start: int,
+    count: int,
+    lps: F64Array,
+    num_leaves: int,
+    leaf_rank: IntArray,
+    lo: int,
+    hi: int,
+    banned: BoolArray,
+    node_marks: MarkArray,
+    min_lp: float,
+    need: int,
+    scratch: F64Array,
+    base: int,
+) -> float:
+    """The ``need``-th largest log-prob among a node's admissible leaf children (``-inf`` if
+    there are fewer), found with a min-heap of ``need`` entries at ``scratch[base:]``.
+
+    The ``need`` words still to find all score at least this, so leaf children below it can
+    never be among them and are not pushed: an adaptive softmax's root has thousands of leaf
+    children, and pushing them all cost more than scoring them (measured 2,000 pushes per
+    root expansion at V = 33k for a top-10).
+    """
+    filled = 0
+    for j in range(count):
+        child = children[start + j]
+        value = lps[j]
+        if child >= num_leaves or (filled == need and value <= scratch[base]):
+            continue
+        if not admissible(child, value, num_leaves, leaf_rank, lo, hi, banned, node_marks, min_lp):
+            continue
+        if filled < need:  # sift up
+            pos = filled
+            filled += 1
+            while pos > 0:
+                up = (pos - 1) >> 1
+                if scratch[base + up] <= value:
+                    break
+                scratch[base + pos] = scratch[base + up]
+                pos = up
+        else:  # replace the smallest and sift down
+            pos = 0
+            while True:
+                low = 2 * pos + 1
+                if low >= need:
+                    break
+                if low + 1 < need and scratch[base + low + 1] < scratch[base + low]:
+                    low += 1
+                if scratch[base + low] >= value:
+                    break
+                scratch[base + pos] = scratch[base + low]
+                pos = low
+        scratch[base + pos] = value
+    return scratch[base] if filled == need else -np.inf
+
+
 # -- the searches ------------------------------------------------------------------------------
 
 
@@ -236,6 +375,7 @@ def best_first(
     children: IntArray,
     weight: F32Array,
     bias: F32Array,
+    factors: FactorArrays,
     h: F32Array,
     num_leaves: int,
     leaf_rank: IntArray,
@@ -292,16 +432,32 @@ def best_first(
             break  # the held node goes back on the heap below
         expansions += 1
         index = node - num_leaves
-        count = child_log_probs(child_ptr, weight, bias, h, index, lp, buf)
+        count = child_log_probs(child_ptr, weight, bias, factors, h, index, lp, buf)
         start = child_ptr[index]
+        wide = count >= WIDE_NODE
+        floor = -np.inf
+        if wide and k - n_out < count:
+            # Past the heap's sentinel slot, the room kept for an expansion is free scratch.
+            floor = leaf_floor(
+                children, start, count, buf, num_leaves, leaf_rank, lo, hi, banned,
+                node_marks, min_lp, k - n_out, heap_lp, size + 1,
+            )  # fmt: skip
+        # A wide node's children that leave the frontier are most of them: their mass is the
+        # node's minus the kept children's, which costs an exp per kept child, not per child.
+        parent_lp, kept = lp, 0.0
         node = -1
         for j in range(count):
             child = children[start + j]
+            if child < num_leaves and buf[j] < floor:
+                continue
             if not admissible(
                 child, buf[j], num_leaves, leaf_rank, lo, hi, banned, node_marks, min_lp
             ):
-                mass -= np.exp(buf[j])
+                if not wide:
+                    mass -= exp_nonpositive(buf[j])
                 continue
+            if wide:
+                kept += exp_nonpositive(buf[j])
             if node < 0:
                 node, lp = child, buf[j]
                 continue
@@ -311,6 +467,8 @@ def best_first(
             push_lp, push_node = (lp, node) if better else (buf[j], child)
             node, lp = (child, buf[j]) if better else (node, lp)
             size = heap_push(heap_lp, heap_node, size, push_lp, push_node)
+        if wide:
+            mass += kept - exp_nonpositive(parent_lp)
         if node >= 0 and size > 0 and heap_lp[0] > lp:
             # The heap's top beats the held node: swap them in one sift instead of a push
             # and a pop (this alone was ~9 % of a top-10 search at V = 33k).
@@ -328,6 +486,7 @@ def greedy_fill(
     children: IntArray,
     weight: F32Array,
     bias: F32Array,
+    factors: FactorArrays,
     h: F32Array,
     num_leaves: int,
     leaf_rank: IntArray,
@@ -365,7 +524,7 @@ def greedy_fill(
         while node >= num_leaves and expansions < limit:
             expansions += 1
             index = node - num_leaves
-            count = child_log_probs(child_ptr, weight, bias, h, index, lp, buf)
+            count = child_log_probs(child_ptr, weight, bias, factors, h, index, lp, buf)
             start = child_ptr[index]
             best = -1
             for j in range(count):
@@ -421,6 +580,7 @@ def path_log_probs(
     node_edge: IntArray,
     weight: F32Array,
     bias: F32Array,
+    factors: FactorArrays,
     h: F32Array,
     num_leaves: int,
     ids: IntArray,
@@ -433,7 +593,7 @@ def path_log_probs(
         total = 0.0
         while parent[node] >= 0:
             index = parent[node] - num_leaves
-            child_log_probs(child_ptr, weight, bias, h, index, 0.0, buf)
+            child_log_probs(child_ptr, weight, bias, factors, h, index, 0.0, buf)
             total += buf[node_edge[node] - child_ptr[index]]
             node = parent[node]
         out[n] = total
@@ -445,6 +605,7 @@ def start_search(
     children: IntArray,
     weight: F32Array,
     bias: F32Array,
+    factors: FactorArrays,
     h: F32Array,
     num_leaves: int,
     leaf_rank: IntArray,
@@ -467,7 +628,7 @@ def start_search(
     if k > 0 and min_lp <= 0.0 and (node_marks.shape[0] == 0 or is_marked(node_marks, root)):
         heap_lp[0], heap_node[0], size, mass = 0.0, root, 1, 1.0
     return best_first(
-        child_ptr, children, weight, bias, h, num_leaves, leaf_rank, lo, hi, banned,
+        child_ptr, children, weight, bias, factors, h, num_leaves, leaf_rank, lo, hi, banned,
         node_marks, min_lp, heap_lp, heap_node, size, out_ids, out_lp, 0, k, 0, mass, stop_at,
         buf,
     )  # fmt: skip

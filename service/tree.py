@@ -23,6 +23,18 @@ A tree over ``V`` words has ``N = V + I`` nodes, ``I`` of them internal.
 
 The structure (``child_ptr``, ``children``) lives in :class:`Tree`; the parameters (``W`` of shape
 ``(V - 1, d)``, ``b`` of shape ``(V - 1,)``) are plain arrays stored next to it in the bundle.
+
+Factored nodes (bundle format 2)
+--------------------------------
+A wide node's rows may also come in low-rank form (:class:`Factors`): internal node ``i`` with
+factor ``f`` has a projection ``P_f`` of shape ``(r_f, d)`` and rows ``Q_f`` of shape
+``(c - 1, r_f)``, and its child ``j`` (not the last) has the logit ``Q_f[j] . (P_f h) + b[row]``.
+``W[rows of i]`` still holds ``Q_f P_f`` (rounded to float32), so a reader that ignores factors
+gets the same distribution to float32 rounding; a reader that uses them scores the node's
+``c - 1`` children with ``r_f (d + c - 1)`` products instead of ``(c - 1) d``. The adaptive
+softmax's tail clusters are such nodes (``r_f = d / div_value ** (f + 1)``). Flat storage, factors
+in order: ``factor_node (F,)`` internal indices, ``factor_rank (F,)``, ``factor_proj`` (every
+``P_f`` row-major, concatenated) and ``factor_rows`` (every ``Q_f`` row-major, concatenated).
 """
 
 from __future__ import annotations
@@ -58,6 +70,93 @@ class DepthStats:
             "mean": round(self.mean, 4),
             "weighted_mean": None if self.weighted_mean is None else round(self.weighted_mean, 4),
         }
+
+
+class Factors:
+    """Validated low-rank forms of some nodes' rows (see "Factored nodes" above).
+
+    Kernel arrays: ``node_factor[I]`` (the factor of each internal node or ``-1``; empty when
+    there are no factors, so trees without them pay no lookup), ``rank``, ``proj_ptr[F + 1]`` and
+    ``rows_ptr[F + 1]`` (offsets into the flat ``proj`` and ``rows``).
+    """
+
+    def __init__(
+        self,
+        tree: Tree,
+        dim: int,
+        node: npt.ArrayLike,
+        rank: npt.ArrayLike,
+        proj: npt.ArrayLike,
+        rows: npt.ArrayLike,
+    ) -> None:
+        self.node: IntArray = np.ascontiguousarray(node, dtype=np.int64).reshape(-1)
+        self.rank: IntArray = np.ascontiguousarray(rank, dtype=np.int64).reshape(-1)
+        self.proj: FloatArray = np.ascontiguousarray(proj, dtype=np.float32).reshape(-1)
+        self.rows: FloatArray = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1)
+        count = len(self.node)
+        if len(self.rank) != count:
+            raise TreeError(f"{count} factored nodes but {len(self.rank)} ranks")
+        if count and (self.node.min() < 0 or self.node.max() >= tree.num_internal):
+            raise TreeError(f"factored nodes must be internal indices below {tree.num_internal}")
+        if len(np.unique(self.node)) != count:
+            raise TreeError("a node is factored twice")
+        if count and self.rank.min() < 1:
+            raise TreeError("factor ranks must be positive")
+        self.num_rows: IntArray = np.diff(tree.child_ptr)[self.node] - 1
+        self.proj_ptr: IntArray = np.concatenate([[0], np.cumsum(self.rank * dim)])
+        self.rows_ptr: IntArray = np.concatenate([[0], np.cumsum(self.rank * self.num_rows)])
+        if self.proj_ptr[-1] != len(self.proj) or self.rows_ptr[-1] != len(self.rows):
+            raise TreeError(
+                f"factor arrays hold {len(self.proj)} projection and {len(self.rows)} row values, "
+                f"the ranks need {self.proj_ptr[-1]} and {self.rows_ptr[-1]}"
+            )
+        if not (np.isfinite(self.proj).all() and np.isfinite(self.rows).all()):
+            raise TreeError("factors contain NaN or infinity")
+        self.dim = dim
+        self.node_factor: IntArray = np.full(tree.num_internal if count else 0, -1, np.int64)
+        self.node_factor[self.node] = np.arange(count)
+        self.max_rank = int(self.rank.max()) if count else 0
+
+    @classmethod
+    def none(cls, tree: Tree, dim: int) -> Factors:
+        empty = np.zeros(0)
+        return cls(tree, dim, empty, empty, empty, empty)
+
+    def __len__(self) -> int:
+        return len(self.node)
+
+    def matrices(self, f: int) -> tuple[FloatArray, FloatArray]:
+        """``(P_f (r, d), Q_f (c - 1, r))`` of factor ``f``."""
+        rank = int(self.rank[f])
+        proj = self.proj[self.proj_ptr[f] : self.proj_ptr[f + 1]].reshape(rank, self.dim)
+        rows = self.rows[self.rows_ptr[f] : self.rows_ptr[f + 1]].reshape(-1, rank)
+        return proj, rows
+
+    @property
+    def stored_arrays(self) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+        """As the bundle stores them: ``(node, rank, proj, rows)``."""
+        return (self.node, self.rank, self.proj, self.rows)
+
+    @property
+    def kernel_arrays(
+        self,
+    ) -> tuple[IntArray, IntArray, IntArray, FloatArray, IntArray, FloatArray]:
+        """The kernels' form: ``(node_factor, rank, proj_ptr, proj, rows_ptr, rows)``."""
+        return (self.node_factor, self.rank, self.proj_ptr, self.proj, self.rows_ptr, self.rows)
+
+    def check_rows(self, tree: Tree, weight: FloatArray, tol: float = 1e-4) -> float:
+        """Raise :class:`TreeError` unless ``W`` holds every factored node's ``Q_f P_f``."""
+        worst = 0.0
+        for f, node in enumerate(self.node):
+            proj, rows = self.matrices(f)
+            first = int(tree.child_ptr[node] - node)
+            product = rows.astype(np.float64) @ proj.astype(np.float64)
+            stored = weight[first : first + len(rows)].astype(np.float64)
+            scale = max(1.0, float(np.abs(product).max()))
+            worst = max(worst, float(np.abs(product - stored).max()) / scale)
+        if worst > tol:
+            raise TreeError(f"factored rows differ from W by {worst:.1e} (tolerance {tol:.0e})")
+        return worst
 
 
 class Tree:
@@ -192,11 +291,23 @@ class Tree:
     # -- the distribution (the numpy reference; serving decodes with service.decode) ----------
 
     def edge_log_probs(
-        self, weight: FloatArray, bias: FloatArray, hidden: npt.NDArray[np.floating]
+        self,
+        weight: FloatArray,
+        bias: FloatArray,
+        hidden: npt.NDArray[np.floating],
+        factors: Factors | None = None,
     ) -> npt.NDArray[np.float64]:
-        """Branch log-probability of every edge, ``(B, N - 1)``, for hidden vectors ``(B, d)``."""
+        """Branch log-probability of every edge, ``(B, N - 1)``, for hidden vectors ``(B, d)``;
+        the rows of factored nodes come from their ``factors`` when given."""
         h = np.atleast_2d(np.asarray(hidden, dtype=np.float64))
         row_logits = h @ weight.astype(np.float64).T + bias.astype(np.float64)  # (B, V-1)
+        if factors is not None:
+            for f, node in enumerate(factors.node):
+                proj, rows = factors.matrices(f)
+                first = int(self.child_ptr[node] - node)
+                span = slice(first, first + len(rows))
+                projected = h @ proj.astype(np.float64).T  # (B, r)
+                row_logits[:, span] = projected @ rows.astype(np.float64).T + bias[span]
         logits = np.zeros((h.shape[0], self.num_edges), dtype=np.float64)
         has_row = self.edge_row != NO_ROW
         logits[:, has_row] = row_logits[:, self.edge_row[has_row]]
@@ -208,10 +319,14 @@ class Tree:
         return result
 
     def leaf_log_probs(
-        self, weight: FloatArray, bias: FloatArray, hidden: npt.NDArray[np.floating]
+        self,
+        weight: FloatArray,
+        bias: FloatArray,
+        hidden: npt.NDArray[np.floating],
+        factors: Factors | None = None,
     ) -> npt.NDArray[np.float64]:
         """``log P(word | h)`` for every word, ``(B, V)``: the brute-force reference."""
-        edge_lp = self.edge_log_probs(weight, bias, hidden)
+        edge_lp = self.edge_log_probs(weight, bias, hidden, factors)
         padded = np.concatenate([edge_lp, np.zeros((edge_lp.shape[0], 1))], axis=1)
         # Padding entries (-1) index the appended zero column.
         result: npt.NDArray[np.float64] = padded[:, self.paths].sum(axis=-1)

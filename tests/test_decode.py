@@ -1,7 +1,8 @@
 """service.decode against the numpy brute force over random trees of every shape.
 
 Each hypothesis example draws a tree kind (random binary, random n-ary up to 8 children,
-two-level classes, a degenerate chain), sizes, a weight regime (gaussian, all zero so every
+two-level classes, the adaptive softmax's shortlist and clusters with factored rows, a
+degenerate chain), sizes, a weight regime (gaussian, all zero so every
 branch ties, half the rows zero, duplicated rows, very confident) and a seed for the arrays.
 """
 
@@ -20,10 +21,10 @@ from hypothesis import strategies as st
 from service import decode
 from service import decode_kernels as kernels
 from service.decode import DecodeTree, beam_search, brute_force_log_probs, top_k, word_log_probs
-from service.tree import Tree
+from service.tree import Factors, Tree
 
 TOL = 1e-9
-KINDS = ("binary", "nary", "classes", "chain")
+KINDS = ("binary", "nary", "classes", "adaptive", "chain")
 WEIGHTS = ("gaussian", "zero", "half_zero", "duplicated", "confident")
 ALPHABET = "aAbB@-é"
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,7 +49,21 @@ def class_tree(num_leaves: int, rng: np.random.Generator) -> Tree:
     """Root over classes of >= 2 words; words of singleton groups hang off the root."""
     words = rng.permutation(num_leaves).tolist()
     cuts = sorted(rng.choice(np.arange(1, num_leaves), size=min(3, num_leaves - 1), replace=False))
-    groups = [g for g in np.split(np.asarray(words), cuts) if len(g)]
+    return groups_tree(num_leaves, [g for g in np.split(np.asarray(words), cuts) if len(g)])
+
+
+def adaptive_tree(num_leaves: int, rng: np.random.Generator) -> Tree:
+    """The adaptive softmax's shape: a shortlist of leaves under the root, then 1-3 clusters."""
+    words = rng.permutation(num_leaves)
+    shortlist = int(rng.integers(1, num_leaves))
+    tail = words[shortlist:]
+    cuts = sorted(rng.choice(np.arange(1, len(tail) + 1), size=min(2, len(tail)), replace=False))
+    clusters = [g for g in np.split(tail, cuts) if len(g)]
+    return groups_tree(num_leaves, [words[i : i + 1] for i in range(shortlist)] + clusters)
+
+
+def groups_tree(num_leaves: int, groups: list[npt.NDArray[np.int64]]) -> Tree:
+    """Two levels: a node per group of >= 2 words under the root, singletons as root leaves."""
     child_ptr, children, root_children = [0], [], []
     for group in groups:
         if len(group) == 1:
@@ -83,6 +98,8 @@ def make_tree(kind: str, num_leaves: int, rng: np.random.Generator) -> Tree:
         return merge_tree(num_leaves, 8, rng)
     if kind == "classes":
         return class_tree(num_leaves, rng)
+    if kind == "adaptive":
+        return adaptive_tree(num_leaves, rng)
     return chain_tree(num_leaves, rng)
 
 
@@ -100,6 +117,28 @@ def make_weights(
     elif regime == "confident":
         weight *= 8.0
     return weight, bias
+
+
+def random_factors(
+    tree: Tree, weight: npt.NDArray[np.float32], rng: np.random.Generator
+) -> Factors | None:
+    """Low-rank rows for the non-root nodes of an adaptive-shaped tree (``None`` when it has
+    none), written into ``weight`` as well, as a bundle stores them."""
+    nodes = list(range(tree.num_internal - 1))
+    if not nodes:
+        return None
+    dim = weight.shape[1]
+    ranks = rng.integers(1, dim + 2, size=len(nodes))
+    projs, rows = [], []
+    for node, rank in zip(nodes, ranks, strict=True):
+        proj = rng.standard_normal((rank, dim)).astype(np.float32)
+        count = int(tree.child_ptr[node + 1] - tree.child_ptr[node]) - 1
+        q = rng.standard_normal((count, rank)).astype(np.float32)
+        first = int(tree.child_ptr[node] - node)
+        weight[first : first + count] = q @ proj
+        projs.append(proj.reshape(-1))
+        rows.append(q.reshape(-1))
+    return Factors(tree, dim, nodes, ranks, np.concatenate(projs), np.concatenate(rows))
 
 
 def make_vocab(num_leaves: int, rng: np.random.Generator) -> list[str]:
@@ -128,7 +167,8 @@ def cases(draw: st.DrawFn, max_leaves: int = 60) -> Case:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     tree = make_tree(kind, num_leaves, rng)
     weight, bias = make_weights(regime, num_leaves - 1, dim, rng)
-    dt = DecodeTree(tree, weight, bias, make_vocab(num_leaves, rng))
+    factors = random_factors(tree, weight, rng) if kind == "adaptive" else None
+    dt = DecodeTree(tree, weight, bias, make_vocab(num_leaves, rng), factors)
     hidden = rng.standard_normal(dim).astype(np.float32)
     return Case(dt, hidden, brute_force_log_probs(dt, hidden), rng)
 
@@ -450,7 +490,9 @@ def test_warm_up_runs_every_kernel() -> None:
 def test_search_resumes_after_growing_a_tiny_heap(case: Case, k: int) -> None:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(decode, "_HEAP_START", 1)
-        fresh = DecodeTree(case.dt.tree, case.dt.weight, case.dt.bias)  # new per-thread buffers
+        fresh = DecodeTree(  # new per-thread buffers
+            case.dt.tree, case.dt.weight, case.dt.bias, factors=case.dt.factors
+        )
         assert_exact_top(top_k(fresh, case.hidden, k), case.brute, k)
 
 

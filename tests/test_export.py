@@ -14,7 +14,7 @@ import torch
 from model_export.checkpoint import Checkpoint, load_checkpoint
 from model_export.export import ExportError, check_parity, export_bundle
 from model_export.model import LanguageModel, ModelConfig
-from model_export.trees import class_tree
+from model_export.trees import adaptive_tree, class_tree
 from service.bundle import (
     ENCODER_FILE,
     MANIFEST_FILE,
@@ -23,6 +23,8 @@ from service.bundle import (
     BundleError,
     load_bundle,
 )
+from service.decode import DecodeTree, brute_force_log_probs, top_k
+from service.tree import Factors, Tree
 
 TOY_VOCAB = ["<eos>", "<unk>", *(f"w{i}" for i in range(58))]
 
@@ -39,13 +41,18 @@ def toy_checkpoint(head: str, cell: str, tree_kind: str = "classes") -> Checkpoi
         head=head,
         proj_size=12 if head == "full" else 0,
     )
-    tree = class_tree(counts) if head == "hs" else None
+    tree = None
+    if head == "hs":
+        tree = class_tree(counts)
+    elif head == "adaptive":
+        tree = adaptive_tree(counts, config.cutoffs)
     model = LanguageModel(config, tree)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)
     data = {"name": "WikiText-2", "licence": "CC BY-SA 3.0"}
-    return Checkpoint(model, TOY_VOCAB, counts, tree_kind if tree else "flat", data)
+    kind = {"hs": tree_kind, "adaptive": "adaptive"}.get(head, "flat")
+    return Checkpoint(model, TOY_VOCAB, counts, kind, data)
 
 
 def test_tiny_bundle_matches_torch(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
@@ -82,14 +89,70 @@ def test_manifest_describes_the_bundle(tiny_bundle: Path) -> None:
     assert set(manifest["files"]) == {VOCAB_FILE, ENCODER_FILE, TREE_FILE}
 
 
-@pytest.mark.parametrize(("head", "cell"), [("hs", "gru"), ("full", "lstm")])
-def test_other_heads_and_cells_export_with_parity(head: str, cell: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("head", "cell", "kind"),
+    [("hs", "gru", "classes"), ("full", "lstm", "flat"), ("adaptive", "lstm", "adaptive")],
+)
+def test_other_heads_and_cells_export_with_parity(
+    head: str, cell: str, kind: str, tmp_path: Path
+) -> None:
     ckpt = toy_checkpoint(head, cell)
     out, report = export_bundle(ckpt, tmp_path / "toy")
     assert report.max_abs_diff <= 1e-4
     bundle = load_bundle(out)
-    assert bundle.manifest["tree"]["kind"] == ("classes" if head == "hs" else "flat")
+    assert bundle.manifest["tree"]["kind"] == kind
     assert bundle.manifest["encoder"]["state_size"] == (20 if cell == "lstm" else 10)
+
+
+def test_adaptive_bundles_keep_their_tail_factors(tmp_path: Path) -> None:
+    ckpt = toy_checkpoint("adaptive", "lstm")
+    out, _ = export_bundle(ckpt, tmp_path / "adaptive")
+    bundle = load_bundle(out)
+    assert bundle.manifest["format_version"] == 2
+    assert bundle.factors is not None
+    assert len(bundle.factors) == 1
+    assert bundle.factors.rank.tolist() == [10 // 4]  # d / div_value
+    dt = DecodeTree.from_bundle(bundle)
+    h = np.random.default_rng(0).standard_normal(10).astype(np.float32)
+    brute = brute_force_log_probs(dt, h)
+    found = top_k(dt, h, 5)
+    np.testing.assert_allclose(found.logprobs, np.sort(brute)[::-1][:5], atol=1e-9)
+    with torch.no_grad():
+        torch_lp = ckpt.model.head.log_probs_all(torch.from_numpy(h[None]).float())[0]
+    np.testing.assert_allclose(brute, torch_lp.double().numpy(), atol=1e-5)
+
+
+def test_version_1_bundles_still_load(tiny_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "v1"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    assert load_bundle(copy).factors is None
+    (copy / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(BundleError, match="reads versions 1, 2"):
+        load_bundle(copy)
+
+
+def test_factors_that_disagree_with_the_rows_are_refused(tmp_path: Path) -> None:
+    ckpt = toy_checkpoint("adaptive", "lstm")
+    original = ckpt.model.tree_factors
+
+    def skewed() -> Factors | None:
+        factors = original()
+        assert factors is not None
+        node, rank, proj, rows = factors.stored_arrays
+        return Factors(factors_tree(ckpt), 10, node, rank, proj * 1.5, rows)
+
+    ckpt.model.tree_factors = skewed  # type: ignore[method-assign]
+    with pytest.raises(ExportError, match="factored rows differ from W"):
+        export_bundle(ckpt, tmp_path / "bad")
+    assert list(tmp_path.iterdir()) == []
+
+
+def factors_tree(ckpt: Checkpoint) -> Tree:
+    tree = ckpt.model.tree
+    assert tree is not None
+    return tree
 
 
 def test_parity_failure_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -94,8 +94,7 @@ def test_a_rate_below_target_fails_beyond_the_tolerance() -> None:
 
 def test_server_side_percentiles_by_name_come_from_server_timing() -> None:
     samples = [
-        Sample(1000.0 + i / 100, 5.0, "key", True, server_ms=float(i % 10))
-        for i in range(1000)
+        Sample(1000.0 + i / 100, 5.0, "key", True, server_ms=float(i % 10)) for i in range(1000)
     ] + [Sample(1010.0, 9.0, "old server", True)]  # no Server-Timing header
     by_name = evaluate(samples, Slo()).by_name
     assert by_name["key"]["server_p50_ms"] == pytest.approx(4.5)

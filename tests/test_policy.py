@@ -103,7 +103,7 @@ def with_forms(
     and a hidden vector after each word (what ``after`` returns for a host)."""
     vocab = list(case.dt.vocab or [])
     vocab[: len(FORMS_VOCAB)] = FORMS_VOCAB[: len(vocab)]
-    dt = DecodeTree(case.dt.tree, case.dt.weight, case.dt.bias, vocab)
+    dt = DecodeTree(case.dt.tree, case.dt.weight, case.dt.bias, vocab, case.dt.factors)
     policy = SuggestionPolicy(vocab, [], 0, PolicyConfig(capital_penalty=4.0))
     table = case.rng.standard_normal((len(vocab), dt.hidden_size)).astype(np.float32)
     return vocab, dt, brute_force_log_probs(dt, case.hidden), policy, table

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.adaptive import default_cutoffs
 from model_export.trees import (
     TREE_KINDS,
+    adaptive_tree,
     build_tree,
     class_assignment,
     class_tree,
@@ -50,7 +52,10 @@ def assert_each_word_is_one_leaf(tree: Tree) -> None:
 
 def every_kind(counts: np.ndarray, seed: int = 0) -> dict[str, Tree]:
     vectors = np.random.default_rng(seed).standard_normal((len(counts), 5))
-    return {kind: build_tree(kind, counts, vectors) for kind in TREE_KINDS}
+    trees = {kind: build_tree(kind, counts, vectors) for kind in TREE_KINDS}
+    if len(counts) >= 2:
+        trees["adaptive"] = adaptive_tree(counts, default_cutoffs(len(counts)))
+    return trees
 
 
 # -- invariants shared by every builder --------------------------------------------------------
@@ -89,6 +94,14 @@ def test_bad_counts_are_rejected(counts: np.ndarray, message: str) -> None:
         vectors = np.zeros((max(len(counts), 1), 3))
         with pytest.raises(ValueError, match=message):
             build_tree(kind, counts, vectors)
+
+
+@pytest.mark.parametrize(
+    "cutoffs", [(), (0,), (3, 3), (5, 2), (10,), (4, 10)], ids=lambda c: ",".join(map(str, c))
+)
+def test_adaptive_cutoffs_must_split_the_vocabulary(cutoffs: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="cutoff"):
+        adaptive_tree(np.arange(1, 11), cutoffs)
 
 
 def test_build_tree_rejects_unknown_kind_and_missing_vectors() -> None:
