@@ -30,6 +30,7 @@ from service.bundle import BundleError
 from service.tree import TreeError
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 TOPK_TOKENS = 20_000
 TOPK_HELP = (
     "top-k accuracy over the first N targets of a split (0 = all; scoring every word of V = 33k "
@@ -276,11 +277,14 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     from model_export.export import ExportError
-    from model_export.train import TrainError
+    from model_export.train import TrainError, TrainInterrupted
 
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
+    except TrainInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (
         DataError,
         ConfigError,
@@ -294,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +40,35 @@ BEST, LAST, LOG = "best.pt", "last.pt", "log.jsonl"
 
 class TrainError(Exception):
     """The run cannot start or continue. The message is one line."""
+
+
+class TrainInterrupted(TrainError):
+    """SIGINT or SIGTERM stopped the run after a whole step; ``last.pt`` holds it."""
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """SIGINT / SIGTERM become a request the loop honours after its current step (a second
+    one stops at once). Only the main thread can take signals; elsewhere nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def request(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    for sig in signals:
+        signal.signal(sig, request)
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass(frozen=True)
@@ -321,10 +354,29 @@ class _Loop:
         if self.reporter is None:
             own_bar = _TokenBar(self._token_target(), p.tokens, cfg.progress)
             self.reporter = own_bar
-        report = self.reporter
+        self.model.train()
+        try:
+            with _stop_requests() as stop:
+                self._train(stop, self.reporter, started, base)
+            p.elapsed = base + time.perf_counter() - started
+            if p.evaluated_at != p.tokens:
+                self._validate()
+        finally:
+            if own_bar is not None:
+                own_bar.bar.close()
+        return TrainResult(
+            run_dir=self.run_dir,
+            best_valid_ppl=p.best_valid,
+            tokens=p.tokens,
+            minutes=p.elapsed / 60,
+            tokens_per_s=p.tokens / max(p.train_seconds, 1e-9),
+        )
+
+    def _train(self, stop: list[int], report: Reporter, started: float, base: float) -> None:
+        """Steps until a budget runs out; a stop request saves ``last.pt`` and raises."""
+        p, cfg = self.progress, self.cfg
         ema: float | None = None
         next_eval = self._next_eval()
-        self.model.train()
         while not self._out_of_budget(base + time.perf_counter() - started):
             for index, inputs, targets in windows(self.streams, cfg.bptt, p.window):
                 tick = time.perf_counter()
@@ -341,23 +393,17 @@ class _Loop:
                 if p.tokens >= next_eval:
                     self._validate()
                     next_eval = self._next_eval()
+                if stop:
+                    self._save_last()
+                    raise TrainInterrupted(
+                        f"stopped by signal {stop[0]} after {p.tokens:,} tokens; "
+                        f"{self.run_dir / LAST} holds the run (continue it with --resume)"
+                    )
                 if self._out_of_budget(p.elapsed):
                     break
             else:
                 p.epoch, p.window = p.epoch + 1, 0
                 self.carry = self.model.encoder.initial_state(cfg.batch_size)
-        p.elapsed = base + time.perf_counter() - started
-        if p.evaluated_at != p.tokens:
-            self._validate()
-        if own_bar is not None:
-            own_bar.bar.close()
-        return TrainResult(
-            run_dir=self.run_dir,
-            best_valid_ppl=p.best_valid,
-            tokens=p.tokens,
-            minutes=p.elapsed / 60,
-            tokens_per_s=p.tokens / max(p.train_seconds, 1e-9),
-        )
 
     def _next_eval(self) -> int:
         every = self.cfg.eval_every or self.streams.numel()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,35 @@ def test_cli_exit_status_and_stderr_without_traceback(tmp_path: Path) -> None:
     assert process.returncode == 2
     assert process.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'}: no such file"
     assert "Traceback" not in process.stderr
+
+
+def test_sigterm_saves_the_run_and_resume_continues_it(data_dir: Path, tmp_path: Path) -> None:
+    """A run stopped by a signal (a session's end, Ctrl-C) keeps every whole step in last.pt."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "model_export", "train", "--recipe", "tiny", "--data", str(data_dir),
+        "--data-tokens", str(SLICE), "--max-tokens", "100000000", "--epochs", "100000",
+        "--eval-every", "1000", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "log.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / "log.jsonl").exists(), "training never validated"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "continue it with --resume" in stderr
+    assert "Traceback" not in stderr
+    saved = load_checkpoint(out / "last.pt").train
+    assert saved is not None
+    stopped_at = saved["progress"]["tokens"]
+    assert stopped_at >= 1000
+    corpus = load_corpus(data_dir, max_tokens=SLICE)
+    resumed = train(
+        out, corpus, None, None, resume=True, overrides={"max_tokens": stopped_at + 2_000}
+    )
+    assert stopped_at + 2_000 <= resumed.tokens < stopped_at + 3_000
