@@ -257,7 +257,7 @@ def test_prefix_completion_equals_filtered_brute_force(
         patch.setattr(decode, "SHARED_MARKS_MIN_WORDS", 1 if shared else 1 << 30)
         dt = case.dt
         if marking == "preloaded":  # built with the threshold at 1: every prefix preloaded
-            dt = DecodeTree(dt.tree, dt.weight, dt.bias, dt.vocab)
+            dt = DecodeTree(dt.tree, dt.weight, dt.bias, dt.vocab, dt.factors)
         result = top_k(dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
         again = top_k(dt, case.hidden, k, prefix=prefix, case_insensitive=case_insensitive)
     assert again.ids.tolist() == result.ids.tolist()  # a second use of cached marks agrees

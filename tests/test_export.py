@@ -111,7 +111,7 @@ def test_adaptive_bundles_keep_their_tail_factors(tmp_path: Path) -> None:
     assert bundle.manifest["format_version"] == 2
     assert bundle.factors is not None
     assert len(bundle.factors) == 1
-    assert bundle.factors.rank.tolist() == [10 // 4]  # d / div_value
+    assert bundle.factors.rank.tolist() == [10 // 2]  # d / div_value
     dt = DecodeTree.from_bundle(bundle)
     h = np.random.default_rng(0).standard_normal(10).astype(np.float32)
     brute = brute_force_log_probs(dt, h)
