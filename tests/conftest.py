@@ -80,3 +80,22 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     path, _ = export_bundle(load_checkpoint(tiny_checkpoint), out)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_adaptive_bundle(tiny_corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny recipe with an adaptive softmax head (two tail clusters), trained and exported."""
+    from model_export.checkpoint import load_checkpoint
+    from model_export.export import export_bundle
+    from model_export.recipes import get_recipe
+    from model_export.train import BEST, train
+
+    corpus = tiny_corpus
+    overrides = {"max_tokens": TINY_TRAIN_TOKENS, "eval_every": 20_000, "progress": False}
+    head = {"head": "adaptive", "cutoffs": (100, 1000), "div_value": 2.0}
+    model_cfg, train_cfg = get_recipe("tiny").build(len(corpus.vocab), head, overrides)
+    run_dir = tmp_path_factory.mktemp("tiny-adaptive-run")
+    train(run_dir, corpus, model_cfg, train_cfg)
+    out = tmp_path_factory.mktemp("bundles") / "tiny-adaptive"
+    path, _ = export_bundle(load_checkpoint(run_dir / BEST), out)
+    return path

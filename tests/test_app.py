@@ -100,6 +100,22 @@ def test_suggest_top_k_agrees_with_scoring_the_whole_vocabulary(
     """The policy's ranking (service.policy) over /v1/score's log-probabilities: typed words
     only, a capital ranked as if CAPITAL_PENALTY times less probable mid-sentence; hosts such
     as "it" are split into the bare word and contractions scored as two tokens."""
+    check_suggest_agrees_with_score(client, vocab)
+
+
+def test_an_adaptive_softmax_bundle_serves_the_same_contract(tiny_adaptive_bundle: Path) -> None:
+    """Its tail clusters are factored nodes (bundle format 2): suggestions, completions and
+    scores still agree with scoring the whole vocabulary."""
+    app = create_app(Settings(bundle=tiny_adaptive_bundle))
+    with TestClient(app) as adaptive:
+        check_suggest_agrees_with_score(adaptive, read_vocab(tiny_adaptive_bundle))
+        body = {"text": "The first th", "k": 5}
+        completed = adaptive.post("/v1/suggest", json=body).json()["suggestions"]
+        assert completed
+        assert all(s["text"].casefold().startswith("th") for s in completed)
+
+
+def check_suggest_agrees_with_score(client: TestClient, vocab: list[str]) -> None:
     text = "In the first "
     scores = _score_all(client, text, vocab)
     assert math.isclose(sum(row["prob"] for row in scores.values()), 1.0, rel_tol=1e-5)
