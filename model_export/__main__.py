@@ -1,4 +1,4 @@
-"""``python -m model_export {train,eval,export,download,build-default}``.
+"""``python -m model_export {train,eval,export,download,build,build-default}``.
 
 Every expected failure (bad data, flags, checkpoints, bundles) ends with one ``error:`` line on
 stderr and exit status 2; no traceback.
@@ -18,16 +18,25 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from model_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from model_export.corpus import (
+    DEFAULT_VALID_FRACTION,
+    FORMATS,
+    CorpusOptions,
+    read_corpus,
+)
 from model_export.data import Corpus, DataError, download_wikitext2, load_corpus
 from model_export.datadir import resolve_data_dir
 from model_export.model import CELLS, HEADS, ConfigError
-from model_export.recipes import get_recipe
+from model_export.recipes import RECIPES, get_recipe
 from model_export.trees import TREE_KINDS
 from service.bundle import BundleError
 from service.tree import TreeError
+
+if TYPE_CHECKING:
+    from model_export.progress import BuildBar
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -129,17 +138,98 @@ def _parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="fetch WikiText-2 (needs network)")
     dl.add_argument("--to", required=True, type=Path)
 
-    bd = sub.add_parser("build-default", help="train, evaluate and export the default bundle")
-    bd.add_argument("--out", required=True, type=Path)
+    build = sub.add_parser("build", help="train, evaluate and export a bundle from any corpus")
+    _add_corpus(build)
+    _add_build(build)
+
+    bd = sub.add_parser(
+        "build-default", help="build on WikiText-2 (build --corpus with the WikiText-2 directory)"
+    )
     _add_data(bd)
-    bd.add_argument("--recipe", default="default")
-    bd.add_argument("--run-dir", type=Path, default=None, help="default: runs/<bundle name>")
-    bd.add_argument("--max-minutes", type=float, default=None)
-    bd.add_argument("--max-tokens", type=int, default=None)
-    bd.add_argument("--topk-tokens", type=int, default=TOPK_TOKENS, help=TOPK_HELP)
-    bd.add_argument("--force", action="store_true")
-    bd.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    _add_build(bd)
     return parser
+
+
+def _add_corpus(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``build`` that say what to train on (:mod:`model_export.corpus`)."""
+    formats = ", ".join(FORMATS[1:])
+    parser.add_argument(
+        "--corpus", required=True, type=Path, metavar="PATH",
+        help="a WikiText-style directory (train/valid/test.txt, already tokenized), a UTF-8 "
+        "text file, a directory of .txt files (one document each) or a .jsonl file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--corpus-format", choices=FORMATS, default="auto",
+        help=f"how to read --corpus ({formats}); auto: a directory with train/valid/test.txt is "
+        "wikitext, another directory text-dir, a *.jsonl file jsonl, any other file text",
+    )  # fmt: skip
+    parser.add_argument(
+        "--text-field", default="text", metavar="NAME",
+        help="jsonl: the field holding each document's text (default: text)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--valid-fraction", type=float, default=DEFAULT_VALID_FRACTION, metavar="F",
+        help="raw text: the fraction of documents held out for valid, and again for test, in "
+        f"(0, 0.5) (default {DEFAULT_VALID_FRACTION}; at least one document each)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N",
+        help="raw text: seed of the document shuffle that makes the splits (default 0; training "
+        "keeps the recipe's seed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-vocab", type=int, default=None, metavar="N",
+        help="keep at most N word types, <eos> and <unk> included, the most frequent in train "
+        "(default: no cap, so WikiText-2 keeps its published 33,278 and no cap was measured to "
+        "pay off; the embeddings and the tree grow with N, so a large corpus may want one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-count", type=int, default=1, metavar="N",
+        help="drop word types seen fewer than N times in train (default 1: keep all); dropped "
+        "and capped words become <unk>",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-tokens", type=int, default=None, metavar="N",
+        help="use only the first N tokens of each split (smoke runs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-name", default=None, metavar="NAME",
+        help="the corpus name the manifest records (default: the --corpus file or directory name)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--licence", default="unknown", metavar="TEXT",
+        help="the corpus licence the manifest records (default: unknown)",
+    )  # fmt: skip
+
+
+def _add_build(parser: argparse.ArgumentParser) -> None:
+    """The flags ``build`` and ``build-default`` share: the recipe, budgets and the output."""
+    parser.add_argument(
+        "--out", required=True, type=Path,
+        help="the bundle directory to write; its name is the bundle's name",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recipe", default="default", choices=list(RECIPES),
+        help="the model and training recipe (model_export/recipes.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--run-dir", type=Path, default=None,
+        help="training run directory, resumed when it holds last.pt (default: runs/<bundle name>)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, metavar="M",
+        help="stop training after M minutes (default: the recipe's budget)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, metavar="N",
+        help="stop training after N tokens (default: the recipe's budget)",
+    )  # fmt: skip
+    parser.add_argument("--topk-tokens", type=int, default=TOPK_TOKENS, help=TOPK_HELP)
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=True,
+        help="no progress bar",
+    )  # fmt: skip
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -220,39 +310,50 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(f"WikiText-2 is in {download_wikitext2(args.to)}")
 
 
+def cmd_build(args: argparse.Namespace) -> None:
+    _refuse_existing(args)
+    options = CorpusOptions(
+        format=args.corpus_format,
+        text_field=args.text_field,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        max_vocab=args.max_vocab,
+        min_count=args.min_count,
+        max_tokens=args.data_tokens,
+    )
+    data = {"name": args.data_name or args.corpus.resolve().name, "licence": args.licence}
+    build_bundle(args, args.corpus, options, data)
+
+
 def cmd_build_default(args: argparse.Namespace) -> None:
-    from model_export.evaluate import evaluate_checkpoint
+    from model_export.train import DATA_INFO
+
+    _refuse_existing(args)
+    data_dir = resolve_data_dir(args.data, note=_say)
+    options = CorpusOptions(format="wikitext", max_tokens=args.data_tokens)
+    build_bundle(args, data_dir, options, dict(DATA_INFO))
+
+
+def build_bundle(
+    args: argparse.Namespace, path: Path, options: CorpusOptions, data: dict[str, str]
+) -> None:
+    """Read the corpus, train (or resume) in the run directory, evaluate valid and test, export.
+
+    The corpus is read and checked before anything is written: a bad one leaves no run
+    directory and no bundle. ``data`` (name, licence) is what the manifest says it was.
+    """
     from model_export.export import export_bundle
     from model_export.progress import BuildBar
-    from model_export.train import BEST, LAST, describe, train
 
-    if args.out.exists() and not args.force:
-        raise BundleError(f"{args.out} already exists (pass --force to replace it)")
+    sourced = read_corpus(path, options)
+    _say(sourced.describe())
     topk = args.topk_tokens or None
     bar = BuildBar(f"building {args.out}", topk_tokens=topk, enabled=args.progress)
     try:
-        corpus = _corpus(args, note=bar.write)
-        bar.corpus(len(corpus.valid), len(corpus.test))
-        run_dir = args.run_dir or Path("runs") / args.out.name
-        budget = _picked(args, ["max_minutes", "max_tokens", "progress"])
-        if (run_dir / LAST).exists():
-            bar.write(f"resuming the run in {run_dir}")
-            result = train(run_dir, corpus, None, None, resume=True, overrides=budget, reporter=bar)
-        else:
-            model_cfg, train_cfg = get_recipe(args.recipe).build(len(corpus.vocab), {}, budget)
-            result = train(run_dir, corpus, model_cfg, train_cfg, reporter=bar)
-        bar.write(describe(result))
-        ckpt: Checkpoint = load_checkpoint(run_dir / BEST)
-        metrics: dict[str, Any] = {}
-        for split in ("valid", "test"):
-            bar.stage(split)
-            metrics.update(evaluate_checkpoint(ckpt, corpus, [split], topk))
-        metrics["training"] = {
-            "tokens": result.tokens,
-            "minutes": round(result.minutes, 2),
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "recipe": args.recipe,
-        }
+        bar.corpus(len(sourced.corpus.valid), len(sourced.corpus.test))
+        ckpt, metrics = _train_and_evaluate(args, sourced.corpus, bar, topk)
+        metrics["corpus"] = sourced.summary()
+        ckpt.data = data  # training records WikiText-2 (train.DATA_INFO) whatever the corpus
         bar.stage("export")
         out, parity = export_bundle(ckpt, args.out, metrics=metrics, force=args.force)
     except BaseException:
@@ -262,8 +363,47 @@ def cmd_build_default(args: argparse.Namespace) -> None:
     test = metrics["test"]
     print(
         f"wrote {out}: test ppl {test['perplexity']:.1f}, top-1/3/10 {test['top1']:.3f}/"
-        f"{test['top3']:.3f}/{test['top10']:.3f}, parity {parity.max_abs_diff:.1e}"
+        f"{test['top3']:.3f}/{test['top10']:.3f}, out of vocabulary valid "
+        f"{metrics['valid']['oov_rate']:.2%} test {test['oov_rate']:.2%}, "
+        f"parity {parity.max_abs_diff:.1e}"
     )
+
+
+def _refuse_existing(args: argparse.Namespace) -> None:
+    """Before the corpus is read and trained on: finding out at export would be too late."""
+    if args.out.exists() and not args.force:
+        raise BundleError(f"{args.out} already exists (pass --force to replace it)")
+
+
+def _train_and_evaluate(
+    args: argparse.Namespace, corpus: Corpus, bar: BuildBar, topk: int | None
+) -> tuple[Checkpoint, dict[str, Any]]:
+    """The best checkpoint of the run, and its metrics: valid and test, and the training."""
+    from model_export.evaluate import evaluate_checkpoint
+    from model_export.train import BEST, LAST, describe, train
+
+    run_dir = args.run_dir or Path("runs") / args.out.name
+    budget = _picked(args, ["max_minutes", "max_tokens", "progress"])
+    if (run_dir / LAST).exists():
+        bar.write(f"resuming the run in {run_dir}")
+        result = train(run_dir, corpus, None, None, resume=True, overrides=budget, reporter=bar)
+    else:
+        model_cfg, train_cfg = get_recipe(args.recipe).build(len(corpus.vocab), {}, budget)
+        result = train(run_dir, corpus, model_cfg, train_cfg, reporter=bar)
+    bar.write(describe(result))
+    ckpt: Checkpoint = load_checkpoint(run_dir / BEST)
+    metrics: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        bar.stage(split)
+        metrics.update(evaluate_checkpoint(ckpt, corpus, [split], topk))
+        metrics[split]["oov_rate"] = round(corpus.oov_rate(split), 6)
+    metrics["training"] = {
+        "tokens": result.tokens,
+        "minutes": round(result.minutes, 2),
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "recipe": args.recipe,
+    }
+    return ckpt, metrics
 
 
 COMMANDS = {
@@ -271,6 +411,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "export": cmd_export,
     "download": cmd_download,
+    "build": cmd_build,
     "build-default": cmd_build_default,
 }
 

@@ -1,11 +1,11 @@
-"""The word-level corpus: how to fetch it and how it becomes token ids (where it lives:
-:mod:`model_export.datadir`).
+"""The word-level corpus: how to fetch WikiText-2 and how a corpus becomes token ids (where it
+lives: :mod:`model_export.datadir`; other sources of text: :mod:`model_export.corpus`).
 
 Layout: a directory with ``train.txt``, ``valid.txt`` and ``test.txt`` (WikiText-2 as renamed
 by pytorch/examples). Every line, blank lines included, becomes its whitespace-split tokens
 followed by one ``<eos>``; that is the convention of the published WikiText-2 figures (train
 2,088,628 tokens, vocabulary 33,278 with ``<eos>``). The vocabulary and its counts come from
-train only; words of valid/test outside it become ``<unk>``.
+train only (:mod:`model_export.vocab`); words of valid/test outside it become ``<unk>``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
+from model_export.vocab import IdArray, Units, build_vocabulary, count_words, encode, word_types
 from service.bundle import EOS, UNK
 
 DATA_ENV = "NEXTWORD_DATA"
@@ -35,8 +33,6 @@ WIKITEXT2_MEMBERS = {
     "test": "wikitext-2/wiki.test.tokens",
 }
 DOWNLOAD_HINT = "python -m model_export download --to DIR"
-
-IdArray = npt.NDArray[np.int64]
 
 
 class DataError(Exception):
@@ -54,6 +50,8 @@ class Corpus:
     valid: IdArray
     test: IdArray
     index: dict[str, int]
+    oov: dict[str, int] = field(default_factory=dict)
+    """Tokens of each split that are ``<unk>`` because their word has no id (not literal ones)."""
 
     @property
     def eos_id(self) -> int:
@@ -68,6 +66,10 @@ class Corpus:
             raise DataError(f"unknown split {name!r} (choose from {', '.join(SPLITS)})")
         ids: IdArray = getattr(self, name)
         return ids
+
+    def oov_rate(self, name: str) -> float:
+        """The fraction of the split's tokens (``<eos>`` included) that are out of vocabulary."""
+        return self.oov.get(name, 0) / max(len(self.split(name)), 1)
 
 
 # -- fetching ------------------------------------------------------------------------------------
@@ -123,25 +125,63 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
 # -- reading -------------------------------------------------------------------------------------
 
 
-def load_corpus(data_dir: Path, *, max_tokens: int | None = None) -> Corpus:
+def load_corpus(
+    data_dir: Path,
+    *,
+    max_tokens: int | None = None,
+    max_vocab: int | None = None,
+    min_count: int = 1,
+) -> Corpus:
     """Read ``train/valid/test.txt`` from ``data_dir`` into token ids.
 
     ``max_tokens`` (for tests and smoke runs) keeps only the first lines of each split, up to
     that many tokens including ``<eos>``; the vocabulary then comes from that slice of train.
+    ``max_vocab`` and ``min_count`` limit the vocabulary (:mod:`model_export.vocab`).
     """
     if max_tokens is not None and max_tokens < 1:
         raise DataError(f"max_tokens must be positive, got {max_tokens}")
-    lines = {split: _read_lines(_split_path(Path(data_dir), split), max_tokens) for split in SPLITS}
-    vocab, counts = _build_vocab(lines["train"], data_dir)
-    index = {word: i for i, word in enumerate(vocab)}
-    ids = {split: _to_ids(lines[split], index, max_tokens) for split in SPLITS}
+    train = str(Path(data_dir) / "train.txt")
+    return corpus_from_units(
+        read_wikitext(data_dir),
+        train,
+        max_tokens=max_tokens,
+        max_vocab=max_vocab,
+        min_count=min_count,
+    )
+
+
+def read_wikitext(data_dir: Path) -> dict[str, Units]:
+    """The whitespace-split lines of each split (WikiText is tokenized already)."""
+    return {split: _read_lines(_split_path(Path(data_dir), split)) for split in SPLITS}
+
+
+def corpus_from_units(
+    units: Mapping[str, Units],
+    train_name: str,
+    *,
+    max_tokens: int | None = None,
+    max_vocab: int | None = None,
+    min_count: int = 1,
+) -> Corpus:
+    """The corpus of sentence units already split three ways; ``train_name`` names the train
+    text in errors. ``max_tokens`` cuts each split as :func:`load_corpus` says."""
+    cut = {split: _first_units(units[split], max_tokens) for split in SPLITS}
+    if not cut["train"]:
+        raise DataError(f"{train_name} is empty")
+    types = word_types(count_words(cut["train"]))
+    if types < 2:
+        raise DataError(f"{train_name} has {types} word type(s); a language model needs at least 2")
+    vocab = build_vocabulary(cut["train"], max_vocab=max_vocab, min_count=min_count)
+    index = vocab.index()
+    encoded = {split: encode(cut[split], index, max_tokens) for split in SPLITS}
     return Corpus(
-        vocab=vocab,
-        counts=counts,
-        train=ids["train"],
-        valid=ids["valid"],
-        test=ids["test"],
+        vocab=vocab.words,
+        counts=vocab.counts,
+        train=encoded["train"][0],
+        valid=encoded["valid"][0],
+        test=encoded["test"][0],
         index=index,
+        oov={split: oov for split, (_, oov) in encoded.items()},
     )
 
 
@@ -156,8 +196,7 @@ def _split_path(data_dir: Path, split: str) -> Path:
     return path
 
 
-def _read_lines(path: Path, max_tokens: int | None) -> list[list[str]]:
-    """Whitespace-split lines, cut at ``max_tokens`` (each line also costs one ``<eos>``)."""
+def _read_lines(path: Path) -> list[list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -168,37 +207,16 @@ def _read_lines(path: Path, max_tokens: int | None) -> list[list[str]]:
     raw = text.split("\n")
     if raw and raw[-1] == "":
         raw.pop()
-    lines: list[list[str]] = []
+    return [line.split() for line in raw]
+
+
+def _first_units(units: Units, max_tokens: int | None) -> Units:
+    """The units read before ``max_tokens`` tokens (each unit also costs one ``<eos>``)."""
+    if max_tokens is None:
+        return units
     total = 0
-    for line in raw:
-        if max_tokens is not None and total >= max_tokens:
-            break
-        words = line.split()
-        lines.append(words)
-        total += len(words) + 1
-    return lines
-
-
-def _build_vocab(lines: list[list[str]], data_dir: Path) -> tuple[list[str], IdArray]:
-    counter: Counter[str] = Counter()
-    for words in lines:
-        counter.update(words)
-    if not lines:
-        raise DataError(f"{Path(data_dir) / 'train.txt'} is empty")
-    types = len(counter) - (UNK in counter) - (EOS in counter)
-    if types < 2:
-        train = Path(data_dir) / "train.txt"
-        raise DataError(f"{train} has {types} word type(s); a language model needs at least 2")
-    counter[EOS] += len(lines)
-    counter[UNK] += 0  # present even when train has no unknown words
-    # Counter keeps first-insertion order and sorted() is stable: ties stay in order of appearance.
-    vocab = sorted(counter, key=lambda word: -counter[word])
-    counts = np.array([counter[word] for word in vocab], dtype=np.int64)
-    return vocab, counts
-
-
-def _to_ids(lines: list[list[str]], index: dict[str, int], max_tokens: int | None) -> IdArray:
-    unk = index[UNK]
-    ids = [index.get(word, unk) for words in lines for word in (*words, EOS)]
-    out = np.array(ids, dtype=np.int64)
-    return out[:max_tokens] if max_tokens is not None else out
+    for i, tokens in enumerate(units):
+        if total >= max_tokens:
+            return units[:i]
+        total += len(tokens) + 1
+    return units

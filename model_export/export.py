@@ -39,6 +39,7 @@ from service.bundle import (
     load_bundle,
     write_bundle,
 )
+from service.text import TOKENIZER, TOKENIZER_VERSION
 
 OPSET = 17
 
@@ -118,6 +119,9 @@ def build_manifest(
             "depth": tree.depth_stats(ckpt.counts).as_dict(),
         },
         "special_tokens": {"eos": EOS, "unk": UNK},
+        # Every corpus is in service.text's tokens: raw text is tokenized by it, and it
+        # reproduces the tokenisation of WikiText-style directories, which are read as they are.
+        "tokenizer": {"name": TOKENIZER, "version": TOKENIZER_VERSION},
         "metrics": metrics,
         "data": {
             "name": ckpt.data.get("name", "unknown"),

@@ -13,7 +13,10 @@ A bundle is a directory holding exactly these files:
     ONNX names and shapes below), ``tree`` (``{"kind": str, "num_internal": int, "max_children":
     int, "depth": {...}}``), ``special_tokens`` (``{"eos": "<eos>", "unk": "<unk>"}``),
     ``metrics`` (evaluation results, free-form numbers), ``data`` (``{"name", "licence"}``) and
-    ``files`` (``{file name: sha256 hex}`` for every other file of the bundle).
+    ``files`` (``{file name: sha256 hex}`` for every other file of the bundle). Optional:
+    ``tokenizer`` (``{"name": str, "version": int}``), the rules of :mod:`service.text` the
+    training text went through; a bundle naming a tokenizer this release lacks is refused, and
+    a bundle without the key (all written before it existed) is taken to use the current one.
 ``vocab.txt``
     One token per line, UTF-8, ``\\n``-terminated; line ``i`` (0-based) is word id ``i`` and leaf
     ``i`` of the tree. Tokens contain no whitespace.
@@ -49,6 +52,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.text import TOKENIZER, TOKENIZER_VERSION
 from service.tree import Factors, Tree, TreeError
 
 FORMAT_NAME = "nextword-bundle"
@@ -157,6 +161,9 @@ def read_manifest(path: Path) -> Manifest:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError(f"bundle {path}: {MANIFEST_FILE} lacks {', '.join(missing)}")
+    # Here rather than only in load_bundle: `python -m service serve` reads the manifest before
+    # uvicorn starts, so it refuses with one line instead of a lifespan traceback.
+    check_tokenizer(path, manifest)
     return manifest
 
 
@@ -208,6 +215,23 @@ def read_tree(
     except TreeError as exc:
         raise BundleError(f"bundle {path}: {TREE_FILE}: {exc}") from None
     return tree, weight, bias, factors
+
+
+def check_tokenizer(path: Path, manifest: Manifest) -> None:
+    """Refuse a model trained on text tokenized by rules this release does not have: served
+    through :func:`service.text.tokenize`, it would be given tokens unlike its training text."""
+    current = {"name": TOKENIZER, "version": TOKENIZER_VERSION}
+    recorded = manifest.get("tokenizer", current)  # absent: written before the key existed
+    if recorded == current:
+        return
+    if isinstance(recorded, dict):
+        named = f"{recorded.get('name')!r} version {recorded.get('version')!r}"
+    else:
+        named = repr(recorded)
+    raise BundleError(
+        f"bundle {path}: trained with tokenizer {named}, but this release tokenizes with "
+        f"{TOKENIZER!r} version {TOKENIZER_VERSION}; rebuild the bundle with this release"
+    )
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:

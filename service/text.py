@@ -33,6 +33,12 @@ from dataclasses import dataclass
 
 UNK = "<unk>"
 
+TOKENIZER = "wikitext-moses"
+"""The name of these rules; bundles record it with the version (:mod:`service.bundle`)."""
+TOKENIZER_VERSION = 1
+"""Raised whenever a change to the rules gives some text other tokens: a model trained on the
+old tokens would be served text it never saw, so such bundles are refused rather than served."""
+
 MARKERS = {"@-@": "-", "@,@": ",", "@.@": "."}
 """WikiText's in-word separators and what a user sees for each."""
 

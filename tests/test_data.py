@@ -70,6 +70,19 @@ def test_max_tokens_truncates_each_split(tmp_path: Path) -> None:
         load_corpus(tmp_path, max_tokens=0)
 
 
+def test_vocabulary_limits_and_out_of_vocabulary_counts(tmp_path: Path) -> None:
+    root = write_corpus(tmp_path, " a a b c\n", valid=" a b zz\n", test=" c <unk>\n")
+    full = load_corpus(root)
+    assert full.oov == {"train": 0, "valid": 1, "test": 0}  # zz; a literal <unk> is not OOV
+    capped = load_corpus(root, max_vocab=4)  # <eos>, <unk> and the two most frequent: a, b
+    assert capped.vocab == ["a", "b", "<eos>", "<unk>"]
+    assert capped.counts.tolist() == [2, 1, 1, 1]  # c's count went to <unk>
+    assert capped.oov == {"train": 1, "valid": 1, "test": 1}
+    assert capped.oov_rate("valid") == 1 / 4
+    assert capped.oov_rate("test") == 1 / 3
+    assert load_corpus(root, min_count=2).vocab == ["a", "<unk>", "<eos>"]
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
