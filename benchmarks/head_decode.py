@@ -129,6 +129,7 @@ def bench(
     )
     row: dict[str, Any] = {
         "bundle": str(path),
+        "name": path.name,
         "kind": bundle.manifest["tree"]["kind"],
         "V": dt.num_words,
         "d": dt.hidden_size,
@@ -181,12 +182,12 @@ def count_work(
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
-        f"{'head':<10}{'top10 med':>10}{'p99':>9}{'compl med':>10}{'p99':>9}{'ort med':>9}"
+        f"{'bundle':<15}{'top10 med':>10}{'p99':>9}{'compl med':>10}{'p99':>9}{'ort med':>9}"
         f"{'x ort':>7}{'exp':>7}{'products':>11}{'MB':>6}"
     )
     for r in rows:
         print(
-            f"{r['kind']:<10}{r['top10']['median_us']:>10.1f}{r['top10']['p99_us']:>9.1f}"
+            f"{r['name']:<15}{r['top10']['median_us']:>10.1f}{r['top10']['p99_us']:>9.1f}"
             f"{r['complete']['median_us']:>10.1f}{r['complete']['p99_us']:>9.1f}"
             f"{r['ort']['median_us']:>9.1f}{r['top10_speedup_vs_ort']:>7.1f}"
             f"{r['top10_expansions']:>7.1f}{r['top10_products']:>11,}{r['bundle_mb']:>6.1f}"
