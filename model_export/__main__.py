@@ -266,7 +266,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         recipe = get_recipe(args.recipe)
         model_cfg, train_cfg = recipe.build(len(corpus.vocab), model_over, train_over)
         result = train(args.out, corpus, model_cfg, train_cfg)
-    print(describe(result))
+    if _is_main_process():  # under torchrun every rank returns the same result
+        print(describe(result))
+
+
+def _is_main_process() -> bool:
+    from model_export.distributed import world_from_env
+
+    return world_from_env(os.environ).is_main
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -371,6 +378,12 @@ def build_bundle(
 
 def _refuse_existing(args: argparse.Namespace) -> None:
     """Before the corpus is read and trained on: finding out at export would be too late."""
+    if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1":
+        # Every rank would evaluate and export to the same place: train, then export once.
+        raise ConfigError(
+            "build does not run under torchrun: train with torchrun (python -m model_export "
+            "train), then eval and export the run's best.pt in one process"
+        )
     if args.out.exists() and not args.force:
         raise BundleError(f"{args.out} already exists (pass --force to replace it)")
 
@@ -424,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except TrainInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        if _is_main_process():
+            print(f"interrupted: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (
         DataError,

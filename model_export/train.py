@@ -4,13 +4,15 @@ A run directory holds ``best.pt`` (the best validation perplexity so far), ``las
 needed to resume exactly where the run stopped) and ``log.jsonl`` (one line per validation).
 Budgets are totals over the run, resumes included: ``max_tokens`` training tokens (the fair
 budget for comparing trees on a busy machine) and ``max_minutes`` of wall-clock time.
+
+Under ``torchrun`` the run is data-parallel over its processes; :mod:`model_export.distributed`
+says how the batch, the budgets and the files are shared between them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -26,6 +28,7 @@ from tqdm import tqdm
 
 from model_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from model_export.data import Corpus
+from model_export.distributed import LaunchError, World, data_parallel, process_group
 from model_export.evaluate import perplexity
 from model_export.model import ConfigError, LanguageModel, ModelConfig
 from model_export.streams import batchify, windows
@@ -255,10 +258,16 @@ def train_step(
     carry: torch.Tensor,
     *,
     clip: float,
+    objective: nn.Module | None = None,
 ) -> tuple[float, torch.Tensor]:
-    """One optimisation step on a window; returns the mean loss and the state to carry on."""
+    """One optimisation step on a window; returns the mean loss and the state to carry on.
+
+    ``objective`` computes ``(loss, state)`` in place of ``model.loss``: the data-parallel
+    wrapper of :func:`model_export.distributed.data_parallel`, which averages the gradients.
+    """
+    compute = model.loss if objective is None else objective
     # Truncated BPTT: the state carries over, its history does not.
-    loss, carry = model.loss(inputs, targets, carry.detach())
+    loss, carry = compute(inputs, targets, carry.detach())
     opt.zero_grad(set_to_none=True)
     torch.autograd.backward(loss)
     nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -279,8 +288,27 @@ def train(
     """Train into ``run_dir``; with ``resume`` continue from ``run_dir/last.pt``.
 
     ``overrides`` (budgets, progress) replace fields of the resumed run's config. ``reporter``
-    replaces the run's own token bar (``cfg.progress`` then no longer applies).
+    replaces the run's own token bar (``cfg.progress`` then no longer applies). Launched by
+    torchrun, every process calls this and they train one run together.
     """
+    try:
+        # Training stays on the CPU (gloo): the heads keep their index tables in plain tensors.
+        with process_group() as world:
+            return _train_in(world, run_dir, corpus, model_config, cfg, resume, overrides, reporter)
+    except LaunchError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _train_in(
+    world: World,
+    run_dir: Path,
+    corpus: Corpus,
+    model_config: ModelConfig | None,
+    cfg: TrainConfig | None,
+    resume: bool,
+    overrides: dict[str, Any] | None,
+    reporter: Reporter | None,
+) -> TrainResult:
     if resume:
         ckpt, cfg = _resume(run_dir, corpus)
         cfg = replace(cfg, **(overrides or {}))
@@ -292,8 +320,8 @@ def train(
                 f"{run_dir} already holds a run (pass --resume, or choose another --out)"
             )
         ckpt = _fresh(model_config, cfg, corpus)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    return _Loop(run_dir, corpus, ckpt, cfg, reporter).run()
+    torch.set_num_threads(cfg.threads or world.threads())
+    return _Loop(run_dir, corpus, ckpt, cfg, reporter, world).run()
 
 
 class _Loop:
@@ -304,24 +332,34 @@ class _Loop:
         ckpt: Checkpoint,
         cfg: TrainConfig,
         reporter: Reporter | None,
+        world: World,
     ) -> None:
         self.run_dir, self.corpus, self.ckpt, self.cfg = run_dir, corpus, ckpt, cfg
-        self.reporter = reporter
+        self.reporter, self.world = reporter, world
         self.model = ckpt.model
         self.opt = make_optimizer(self.model, cfg)
-        self.streams = batchify(corpus.train, cfg.batch_size)
+        # The global streams (budgets and epochs count them); this rank trains on its rows.
+        self.streams = batchify(corpus.train, cfg.batch_size * world.size)
+        self.rows = world.shard(self.streams)
         self.progress = Progress(lr=cfg.lr)
         self.carry = self.model.encoder.initial_state(cfg.batch_size)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + world.rank)
         if ckpt.train is not None:
             self._restore(ckpt.train)
+        self.objective = data_parallel(self.model, world) if world.distributed else None
 
     def _restore(self, saved: dict[str, Any]) -> None:
+        ranks = saved.get("world_size", 1)
+        if ranks != self.world.size:
+            raise TrainError(
+                f"{self.run_dir / LAST} is a run of {ranks} process(es), not {self.world.size}: "
+                f"resume it with as many (torchrun --nnodes x --nproc-per-node = {ranks})"
+            )
         try:
             self.opt.load_state_dict(saved["optimizer"])
             self.progress = Progress(**saved["progress"])
-            self.carry = saved["carry"]
-            torch.set_rng_state(saved["rng"])
+            self.carry = self.world.shard(saved["carry"], dim=1)
+            torch.set_rng_state(saved["rngs"][self.world.rank] if ranks > 1 else saved["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"training state in last.pt is unusable ({detail})") from None
@@ -352,13 +390,14 @@ class _Loop:
         started, base = time.perf_counter(), p.elapsed
         own_bar = None
         if self.reporter is None:
-            own_bar = _TokenBar(self._token_target(), p.tokens, cfg.progress)
+            enabled = cfg.progress and self.world.is_main
+            own_bar = _TokenBar(self._token_target(), p.tokens, enabled)
             self.reporter = own_bar
         self.model.train()
         try:
             with _stop_requests() as stop:
                 self._train(stop, self.reporter, started, base)
-            p.elapsed = base + time.perf_counter() - started
+            p.elapsed = self._clock(started, base)
             if p.evaluated_at != p.tokens:
                 self._validate()
         finally:
@@ -377,14 +416,16 @@ class _Loop:
         p, cfg = self.progress, self.cfg
         ema: float | None = None
         next_eval = self._next_eval()
-        while not self._out_of_budget(base + time.perf_counter() - started):
-            for index, inputs, targets in windows(self.streams, cfg.bptt, p.window):
+        while not self._out_of_budget(self._clock(started, base)):
+            for index, inputs, targets in windows(self.rows, cfg.bptt, p.window):
                 tick = time.perf_counter()
                 loss = self._step(inputs, targets)
                 p.train_seconds += time.perf_counter() - tick
-                p.window, p.step, p.tokens = index + 1, p.step + 1, p.tokens + targets.numel()
+                elapsed, signum = self._agree(base + time.perf_counter() - started, stop, loss)
+                tokens = targets.numel() * self.world.size
+                p.window, p.step, p.tokens = index + 1, p.step + 1, p.tokens + tokens
                 ema = loss if ema is None else 0.98 * ema + 0.02 * loss
-                p.elapsed = base + time.perf_counter() - started
+                p.elapsed = elapsed
                 report.step(p.tokens, p.elapsed, self._budget_spent(p.elapsed))
                 if p.step % 10 == 0:
                     report.status(self._postfix(ema))
@@ -393,10 +434,10 @@ class _Loop:
                 if p.tokens >= next_eval:
                     self._validate()
                     next_eval = self._next_eval()
-                if stop:
+                if signum:
                     self._save_last()
                     raise TrainInterrupted(
-                        f"stopped by signal {stop[0]} after {p.tokens:,} tokens; "
+                        f"stopped by signal {signum} after {p.tokens:,} tokens; "
                         f"{self.run_dir / LAST} holds the run (continue it with --resume)"
                     )
                 if self._out_of_budget(p.elapsed):
@@ -404,6 +445,19 @@ class _Loop:
             else:
                 p.epoch, p.window = p.epoch + 1, 0
                 self.carry = self.model.encoder.initial_state(cfg.batch_size)
+
+    def _clock(self, started: float, base: float) -> float:
+        """Seconds of the run so far, the same on every rank (budgets and the LR read it)."""
+        return self.world.agree([base + time.perf_counter() - started])[0]
+
+    def _agree(self, elapsed: float, stop: list[int], loss: float) -> tuple[float, int]:
+        """After a step: the run's clock and any rank's stop signal (0: none); a loss that
+        diverged on any rank ends the run on all of them."""
+        diverged = 0.0 if math.isfinite(loss) else 1.0
+        elapsed, signum, diverged = self.world.agree([elapsed, stop[0] if stop else 0, diverged])
+        if diverged:
+            raise TrainError(f"the loss diverged at step {self.progress.step} (try a lower --lr)")
+        return elapsed, int(signum)
 
     def _next_eval(self) -> int:
         every = self.cfg.eval_every or self.streams.numel()
@@ -421,11 +475,10 @@ class _Loop:
         return out
 
     def _step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        model, opt, clip = self.model, self.opt, self.cfg.clip
         value, self.carry = train_step(
-            self.model, self.opt, inputs, targets, self.carry, clip=self.cfg.clip
+            model, opt, inputs, targets, self.carry, clip=clip, objective=self.objective
         )
-        if not math.isfinite(value):
-            raise TrainError(f"the loss diverged at step {self.progress.step} (try a lower --lr)")
         return value
 
     def _budget_spent(self, elapsed: float) -> float:
@@ -448,9 +501,13 @@ class _Loop:
             group["lr"] = lr
 
     def _validate(self) -> None:
-        p = self.progress
+        p, world = self.progress, self.world
         tick = time.perf_counter()
-        ppl = perplexity(self.model, self.corpus.valid, batch_size=self.cfg.eval_batch_size)
+        ppl = math.nan
+        if world.is_main:
+            ppl = perplexity(self.model, self.corpus.valid, batch_size=self.cfg.eval_batch_size)
+        # Rank 0's figure decides the LR decay everywhere (other ranks' float sums could differ).
+        ppl = world.from_main(ppl)
         if self.reporter is not None:
             self.reporter.validated(time.perf_counter() - tick)
         p.last_valid, p.evaluated_at = ppl, p.tokens
@@ -460,22 +517,34 @@ class _Loop:
             p.best_valid = ppl
             self.ckpt.metrics = {"valid_ppl": ppl, "train_tokens": p.tokens}
             self.ckpt.train = None
-            save_checkpoint(self.run_dir / BEST, self.ckpt)
+            if world.is_main:
+                save_checkpoint(self.run_dir / BEST, self.ckpt)
         else:
             p.lr_scale *= self.cfg.lr_decay
             self._set_lr(p.elapsed)
         self._save_last()
-        with (self.run_dir / LOG).open("a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
+        if world.is_main:
+            with (self.run_dir / LOG).open("a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
 
     def _save_last(self) -> None:
+        """Rank 0 writes; every rank must call it, since each one's carry and RNG go in."""
+        world = self.world
+        # The carry of all W * B streams, laid out as a one-process run with that batch would.
+        carry = world.unshard(self.carry.detach(), dim=1)
+        rngs = world.gather(torch.get_rng_state())
+        if not world.is_main:
+            return
         self.ckpt.train = {
             "config": asdict(self.cfg),
             "optimizer": self.opt.state_dict(),
             "progress": asdict(self.progress),
-            "carry": self.carry.detach(),
-            "rng": torch.get_rng_state(),
+            "carry": carry,
+            "rng": rngs[0],
+            "world_size": world.size,
         }
+        if world.distributed:
+            self.ckpt.train["rngs"] = rngs
         save_checkpoint(self.run_dir / LAST, self.ckpt)
         self.ckpt.train = None
 

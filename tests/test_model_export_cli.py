@@ -170,3 +170,14 @@ def test_bad_build_input_is_one_error_line_and_writes_nothing(
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "bundles").exists()
     assert not (tmp_path / "runs").exists()
+
+
+def test_build_refuses_to_run_under_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("a b c\n\nb c a\n\nc a b\n", encoding="utf-8")
+    assert main(["build", "--corpus", str(corpus), "--out", str(tmp_path / "b")]) == 2
+    assert "does not run under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
