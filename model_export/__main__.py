@@ -27,7 +27,13 @@ from model_export.corpus import (
     CorpusOptions,
     read_corpus,
 )
-from model_export.data import Corpus, DataError, download_wikitext2, load_corpus
+from model_export.data import (
+    WIKITEXT2_INFO,
+    Corpus,
+    DataError,
+    download_wikitext2,
+    load_corpus,
+)
 from model_export.datadir import resolve_data_dir
 from model_export.model import CELLS, HEADS, ConfigError
 from model_export.recipes import RECIPES, get_recipe
@@ -333,12 +339,10 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_build_default(args: argparse.Namespace) -> None:
-    from model_export.train import DATA_INFO
-
     _refuse_existing(args)
     data_dir = resolve_data_dir(args.data, note=_say)
     options = CorpusOptions(format="wikitext", max_tokens=args.data_tokens)
-    build_bundle(args, data_dir, options, dict(DATA_INFO))
+    build_bundle(args, data_dir, options, dict(WIKITEXT2_INFO))
 
 
 def build_bundle(
@@ -353,6 +357,7 @@ def build_bundle(
     from model_export.progress import BuildBar
 
     sourced = read_corpus(path, options)
+    sourced.corpus.about = data  # what the checkpoints and the manifest say the text is
     _say(sourced.describe())
     topk = args.topk_tokens or None
     bar = BuildBar(f"building {args.out}", topk_tokens=topk, enabled=args.progress)
@@ -360,7 +365,6 @@ def build_bundle(
         bar.corpus(len(sourced.corpus.valid), len(sourced.corpus.test))
         ckpt, metrics = _train_and_evaluate(args, sourced.corpus, bar, topk)
         metrics["corpus"] = sourced.summary()
-        ckpt.data = data  # training records WikiText-2 (train.DATA_INFO) whatever the corpus
         bar.stage("export")
         out, parity = export_bundle(ckpt, args.out, metrics=metrics, force=args.force)
     except BaseException:

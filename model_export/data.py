@@ -22,6 +22,9 @@ from pathlib import Path
 from model_export.vocab import IdArray, Units, build_vocabulary, count_words, encode, word_types
 from service.bundle import EOS, UNK
 
+WIKITEXT2_INFO = {"name": "WikiText-2", "licence": "CC BY-SA 3.0"}
+"""What :func:`load_corpus` reads unless told otherwise (:attr:`Corpus.about`)."""
+
 DATA_ENV = "NEXTWORD_DATA"
 SPLITS = ("train", "valid", "test")
 
@@ -52,6 +55,8 @@ class Corpus:
     index: dict[str, int]
     oov: dict[str, int] = field(default_factory=dict)
     """Tokens of each split that are ``<unk>`` because their word has no id (not literal ones)."""
+    about: dict[str, str] = field(default_factory=lambda: dict(WIKITEXT2_INFO))
+    """What the text is (``name``, ``licence``): checkpoints and manifests record it."""
 
     @property
     def eos_id(self) -> int:

@@ -37,7 +37,6 @@ from service.tree import Tree
 
 OPTIMIZERS = ("sgd", "adam")
 ANNEALS = ("none", "cosine")
-DATA_INFO = {"name": "WikiText-2", "licence": "CC BY-SA 3.0"}
 BEST, LAST, LOG = "best.pt", "last.pt", "log.jsonl"
 
 
@@ -235,7 +234,7 @@ def _fresh(model_config: ModelConfig, cfg: TrainConfig, corpus: Corpus) -> Check
         tree, kind = adaptive_tree(corpus.counts, model_config.cutoffs), "adaptive"
     torch.manual_seed(cfg.seed)
     model = LanguageModel(model_config, tree)
-    return Checkpoint(model, corpus.vocab, corpus.counts, kind, dict(DATA_INFO))
+    return Checkpoint(model, corpus.vocab, corpus.counts, kind, dict(corpus.about))
 
 
 def _resume(run_dir: Path, corpus: Corpus) -> tuple[Checkpoint, TrainConfig]:

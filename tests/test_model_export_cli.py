@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from model_export.__main__ import EXIT_ERROR, main
+from model_export.checkpoint import load_checkpoint
 from model_export.corpus import CorpusOptions, read_corpus
 from service.bundle import MANIFEST_FILE, BundleError, load_bundle
 from service.text import TOKENIZER, TOKENIZER_VERSION
@@ -99,6 +100,7 @@ def test_build_on_a_plain_text_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     manifest = bundle.manifest
     assert manifest["tokenizer"] == {"name": TOKENIZER, "version": TOKENIZER_VERSION}
     assert manifest["data"] == {"name": "notes.txt", "licence": "CC0"}
+    assert load_checkpoint(tmp_path / "run" / "best.pt").data == manifest["data"]  # not WikiText
     expected = read_corpus(corpus, CorpusOptions(valid_fraction=0.1, seed=2, max_vocab=30))
     assert bundle.vocab == expected.corpus.vocab
     assert len(bundle.vocab) == 30
