@@ -203,6 +203,13 @@ def _add_corpus(parser: argparse.ArgumentParser) -> None:
         help="the corpus name the manifest records (default: the --corpus file or directory name)",
     )  # fmt: skip
     parser.add_argument(
+        "--init", type=Path, default=None, metavar="PATH",
+        help="fine-tune this model on the corpus instead of training a new one: a checkpoint, a "
+        "run directory (its best.pt) or a hierarchical-softmax bundle (e.g. bundles/default); "
+        "the corpus is read in its vocabulary and the recipe gives only the training settings "
+        "(--recipe finetune: a lower learning rate)",
+    )  # fmt: skip
+    parser.add_argument(
         "--licence", default="unknown", metavar="TEXT",
         help="the corpus licence the manifest records (default: unknown)",
     )  # fmt: skip
@@ -356,14 +363,15 @@ def build_bundle(
     from model_export.export import export_bundle
     from model_export.progress import BuildBar
 
-    sourced = read_corpus(path, options)
+    start = _start_model(args)
+    sourced = read_corpus(path, options, None if start is None else start.vocab)
     sourced.corpus.about = data  # what the checkpoints and the manifest say the text is
     _say(sourced.describe())
     topk = args.topk_tokens or None
     bar = BuildBar(f"building {args.out}", topk_tokens=topk, enabled=args.progress)
     try:
         bar.corpus(len(sourced.corpus.valid), len(sourced.corpus.test))
-        ckpt, metrics = _train_and_evaluate(args, sourced.corpus, bar, topk)
+        ckpt, metrics = _train_and_evaluate(args, sourced.corpus, bar, topk, start)
         metrics["corpus"] = sourced.summary()
         bar.stage("export")
         out, parity = export_bundle(ckpt, args.out, metrics=metrics, force=args.force)
@@ -380,6 +388,21 @@ def build_bundle(
     )
 
 
+def _start_model(args: argparse.Namespace) -> Checkpoint | None:
+    """``--init``'s model, checked against the other flags before anything is read."""
+    init = getattr(args, "init", None)
+    if init is None:
+        return None
+    if args.max_vocab is not None or args.min_count != 1:
+        raise ConfigError("--init keeps the model's vocabulary: drop --max-vocab and --min-count")
+    run_dir = args.run_dir or Path("runs") / args.out.name
+    if (run_dir / "last.pt").exists():
+        return None  # resuming the fine-tuning run, which already holds the model
+    from model_export.finetune import load_start
+
+    return load_start(init)
+
+
 def _refuse_existing(args: argparse.Namespace) -> None:
     """Before the corpus is read and trained on: finding out at export would be too late."""
     if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1":
@@ -393,9 +416,14 @@ def _refuse_existing(args: argparse.Namespace) -> None:
 
 
 def _train_and_evaluate(
-    args: argparse.Namespace, corpus: Corpus, bar: BuildBar, topk: int | None
+    args: argparse.Namespace,
+    corpus: Corpus,
+    bar: BuildBar,
+    topk: int | None,
+    start: Checkpoint | None,
 ) -> tuple[Checkpoint, dict[str, Any]]:
-    """The best checkpoint of the run, and its metrics: valid and test, and the training."""
+    """The best checkpoint of the run, and its metrics: valid and test, and the training.
+    ``start``: the model a new run fine-tunes (its shape replaces the recipe's)."""
     from model_export.evaluate import evaluate_checkpoint
     from model_export.train import BEST, LAST, describe, train
 
@@ -406,7 +434,7 @@ def _train_and_evaluate(
         result = train(run_dir, corpus, None, None, resume=True, overrides=budget, reporter=bar)
     else:
         model_cfg, train_cfg = get_recipe(args.recipe).build(len(corpus.vocab), {}, budget)
-        result = train(run_dir, corpus, model_cfg, train_cfg, reporter=bar)
+        result = train(run_dir, corpus, model_cfg, train_cfg, reporter=bar, init=start)
     bar.write(describe(result))
     ckpt: Checkpoint = load_checkpoint(run_dir / BEST)
     metrics: dict[str, Any] = {}
@@ -419,6 +447,7 @@ def _train_and_evaluate(
         "minutes": round(result.minutes, 2),
         "tokens_per_s": round(result.tokens_per_s, 1),
         "recipe": args.recipe,
+        "init": None if start is None else str(args.init),
     }
     return ckpt, metrics
 

@@ -126,8 +126,11 @@ class SourcedCorpus:
         )
 
 
-def read_corpus(path: Path, options: CorpusOptions | None = None) -> SourcedCorpus:
-    """Read ``path`` (any of :data:`FORMATS`) into token ids; every bad input is a DataError."""
+def read_corpus(
+    path: Path, options: CorpusOptions | None = None, vocabulary: Sequence[str] | None = None
+) -> SourcedCorpus:
+    """Read ``path`` (any of :data:`FORMATS`) into token ids; every bad input is a DataError.
+    ``vocabulary``: read it in a model's vocabulary (fine-tuning) instead of building one."""
     options = options or CorpusOptions()
     kind = detect_format(path) if options.format == "auto" else options.format
     if kind == "wikitext":
@@ -142,6 +145,7 @@ def read_corpus(path: Path, options: CorpusOptions | None = None) -> SourcedCorp
         max_tokens=options.max_tokens,
         max_vocab=options.max_vocab,
         min_count=options.min_count,
+        vocabulary=vocabulary,
     )
     return SourcedCorpus(corpus, kind, documents, options)
 

@@ -15,11 +15,21 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_export.vocab import IdArray, Units, build_vocabulary, count_words, encode, word_types
+import numpy as np
+
+from model_export.vocab import (
+    IdArray,
+    Units,
+    Vocabulary,
+    build_vocabulary,
+    count_words,
+    encode,
+    word_types,
+)
 from service.bundle import EOS, UNK
 
 WIKITEXT2_INFO = {"name": "WikiText-2", "licence": "CC BY-SA 3.0"}
@@ -167,21 +177,30 @@ def corpus_from_units(
     max_tokens: int | None = None,
     max_vocab: int | None = None,
     min_count: int = 1,
+    vocabulary: Sequence[str] | None = None,
 ) -> Corpus:
     """The corpus of sentence units already split three ways; ``train_name`` names the train
-    text in errors. ``max_tokens`` cuts each split as :func:`load_corpus` says."""
+    text in errors. ``max_tokens`` cuts each split as :func:`load_corpus` says. A given
+    ``vocabulary`` (a model's, to fine-tune it) is used as it is: the limits do not apply, and
+    the counts are those of this train split in it."""
     cut = {split: _first_units(units[split], max_tokens) for split in SPLITS}
     if not cut["train"]:
         raise DataError(f"{train_name} is empty")
     types = word_types(count_words(cut["train"]))
     if types < 2:
         raise DataError(f"{train_name} has {types} word type(s); a language model needs at least 2")
-    vocab = build_vocabulary(cut["train"], max_vocab=max_vocab, min_count=min_count)
-    index = vocab.index()
+    if vocabulary is None:
+        vocab = build_vocabulary(cut["train"], max_vocab=max_vocab, min_count=min_count)
+    else:
+        vocab = Vocabulary(list(vocabulary), np.zeros(len(vocabulary), dtype=np.int64))
+    words, index = vocab.words, vocab.index()
     encoded = {split: encode(cut[split], index, max_tokens) for split in SPLITS}
+    counts = vocab.counts
+    if vocabulary is not None:
+        counts = np.bincount(encoded["train"][0], minlength=len(words)).astype(np.int64)
     return Corpus(
-        vocab=vocab.words,
-        counts=vocab.counts,
+        vocab=words,
+        counts=counts,
         train=encoded["train"][0],
         valid=encoded["valid"][0],
         test=encoded["test"][0],

@@ -87,6 +87,15 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+RECIPES["finetune"] = Recipe(
+    # For build --init: the model's shape comes from the model it starts from (these fields are
+    # the default recipe's, unused then); the training settings are the default's with a tenth
+    # of its learning rate and a budget of 1 M tokens, what a team with a few MB of text spends.
+    model=dict(RECIPES["default"].model),
+    train={**RECIPES["default"].train, "lr": 6e-4, "max_tokens": 1_000_000, "eval_every": 250_000},
+)
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r} (choose from {', '.join(RECIPES)})")

@@ -237,6 +237,13 @@ def _fresh(model_config: ModelConfig, cfg: TrainConfig, corpus: Corpus) -> Check
     return Checkpoint(model, corpus.vocab, corpus.counts, kind, dict(corpus.about))
 
 
+def _from_init(init: Checkpoint, corpus: Corpus) -> Checkpoint:
+    """A new run of ``init``'s model on ``corpus``, whose counts and description it takes."""
+    if init.vocab != corpus.vocab:
+        raise TrainError("the model to start from has another vocabulary than the corpus")
+    return Checkpoint(init.model, init.vocab, corpus.counts, init.tree_kind, dict(corpus.about))
+
+
 def _resume(run_dir: Path, corpus: Corpus) -> tuple[Checkpoint, TrainConfig]:
     ckpt = load_checkpoint(run_dir / LAST)
     if ckpt.train is None:
@@ -283,8 +290,11 @@ def train(
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
+    init: Checkpoint | None = None,
 ) -> TrainResult:
-    """Train into ``run_dir``; with ``resume`` continue from ``run_dir/last.pt``.
+    """Train into ``run_dir``; with ``resume`` continue from ``run_dir/last.pt``; with ``init``
+    start a new run from that model (fine-tuning: its shape, vocabulary and tree; ``model_config``
+    is then ignored and the corpus must be read in its vocabulary).
 
     ``overrides`` (budgets, progress) replace fields of the resumed run's config. ``reporter``
     replaces the run's own token bar (``cfg.progress`` then no longer applies). Launched by
@@ -293,7 +303,8 @@ def train(
     try:
         # Training stays on the CPU (gloo): the heads keep their index tables in plain tensors.
         with process_group() as world:
-            return _train_in(world, run_dir, corpus, model_config, cfg, resume, overrides, reporter)
+            start = (model_config, init)
+            return _train_in(world, run_dir, corpus, start, cfg, resume, overrides, reporter)
     except LaunchError as exc:
         raise TrainError(str(exc)) from None
 
@@ -302,23 +313,28 @@ def _train_in(
     world: World,
     run_dir: Path,
     corpus: Corpus,
-    model_config: ModelConfig | None,
+    start: tuple[ModelConfig | None, Checkpoint | None],
     cfg: TrainConfig | None,
     resume: bool,
     overrides: dict[str, Any] | None,
     reporter: Reporter | None,
 ) -> TrainResult:
+    model_config, init = start
     if resume:
         ckpt, cfg = _resume(run_dir, corpus)
         cfg = replace(cfg, **(overrides or {}))
     else:
-        if model_config is None or cfg is None:
-            raise TrainError("a new run needs a model config and a train config")
+        if (model_config is None and init is None) or cfg is None:
+            raise TrainError("a new run needs a model config (or a model to start from)")
         if (run_dir / LAST).exists() or (run_dir / BEST).exists():
             raise TrainError(
                 f"{run_dir} already holds a run (pass --resume, or choose another --out)"
             )
-        ckpt = _fresh(model_config, cfg, corpus)
+        if init is not None:
+            ckpt = _from_init(init, corpus)
+        else:
+            assert model_config is not None
+            ckpt = _fresh(model_config, cfg, corpus)
     torch.set_num_threads(cfg.threads or world.threads())
     return _Loop(run_dir, corpus, ckpt, cfg, reporter, world).run()
 
