@@ -32,13 +32,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_export.data import SPLITS, Corpus, DataError, corpus_from_units, read_wikitext
-from model_export.vocab import MIN_VOCAB, Units
+import numpy as np
+import numpy.typing as npt
+
+from model_export.data import SPLITS, Corpus, DataError, split_path
+from model_export.idfiles import IdFiles
+from model_export.vocab import MIN_VOCAB
 from service.text import tokenize
 
 FORMATS = ("auto", "wikitext", "text", "text-dir", "jsonl")
@@ -127,39 +132,70 @@ class SourcedCorpus:
 
 
 def read_corpus(
-    path: Path, options: CorpusOptions | None = None, vocabulary: Sequence[str] | None = None
+    path: Path,
+    options: CorpusOptions | None = None,
+    vocabulary: Sequence[str] | None = None,
+    *,
+    directory: Path | None = None,
 ) -> SourcedCorpus:
     """Read ``path`` (any of :data:`FORMATS`) into token ids; every bad input is a DataError.
-    ``vocabulary``: read it in a model's vocabulary (fine-tuning) instead of building one."""
+    ``vocabulary``: read it in a model's vocabulary (fine-tuning) instead of building one.
+    ``directory``: where the id files go while they are written (:class:`.idfiles.IdFiles`)."""
     options = options or CorpusOptions()
     kind = detect_format(path) if options.format == "auto" else options.format
-    if kind == "wikitext":
-        units, documents = read_wikitext(path), None
-        train = str(path / "train.txt")
-    else:
-        units, documents = read_raw(path, kind, options)
-        train = f"the train split of {path}"
-    corpus = corpus_from_units(
-        units,
-        train,
-        max_tokens=options.max_tokens,
-        max_vocab=options.max_vocab,
-        min_count=options.min_count,
-        vocabulary=vocabulary,
-    )
+    documents: dict[str, int] | None = None
+    with IdFiles(options.max_tokens, directory) as files:
+        if kind == "wikitext":
+            add_wikitext(files, path)
+            train = str(path / "train.txt")
+        else:
+            documents = add_raw(files, path, kind, options)
+            train = f"the train split of {path}"
+        corpus = files.corpus(
+            train,
+            max_vocab=options.max_vocab,
+            min_count=options.min_count,
+            vocabulary=vocabulary,
+        )
     return SourcedCorpus(corpus, kind, documents, options)
 
 
-def read_raw(
-    path: Path, kind: str, options: CorpusOptions
-) -> tuple[dict[str, Units], dict[str, int]]:
-    """Raw text as sentence units split by document, and the documents in each split."""
-    documents = read_documents(path, kind, options.text_field)
-    if not documents:
+def add_raw(files: IdFiles, path: Path, kind: str, options: CorpusOptions) -> dict[str, int]:
+    """Raw text into ``files``, split by document; the documents in each split."""
+    count, one_per_line = survey(path, kind, options.text_field)
+    if not count:
         raise DataError(f"corpus {path} has no text (no line with a word in it)")
-    splits = split_documents(documents, options.valid_fraction, options.seed, hint=HINTS[kind])
-    units: dict[str, Units] = {s: [u for doc in docs for u in doc] for s, docs in splits.items()}
-    return units, {split: len(docs) for split, docs in splits.items()}
+    labels = split_labels(count, options.valid_fraction, options.seed, hint=HINTS[kind])
+    documents = iter_documents(path, kind, options.text_field, one_per_line)
+    for number, document in enumerate(documents):
+        if number >= count:
+            raise DataError(f"corpus {path} changed while it was read (it has more documents)")
+        for unit in document:
+            files.add(int(labels[number]), unit)
+        if files.all_full:  # --data-tokens: the rest would be read for nothing
+            break
+    sizes = np.bincount(labels, minlength=len(SPLITS))
+    return {split: int(size) for split, size in zip(SPLITS, sizes, strict=True)}
+
+
+def add_wikitext(files: IdFiles, path: Path) -> None:
+    """A WikiText directory into ``files``: every line of each split, blank ones included, as
+    its whitespace-split tokens (:func:`model_export.data.read_wikitext`, streamed)."""
+    for split, name in enumerate(SPLITS):
+        file = split_path(path, name)
+        # Read to the end even past --data-tokens, so a bad byte is found as when read whole.
+        for line in decoded_lines(file, "utf-8"):
+            for piece in _universal_lines(line):
+                files.add(split, piece.split())
+
+
+def _universal_lines(line: str) -> list[str]:
+    """The lines Python's universal newlines make of one line (Path.read_text read WikiText
+    so until it was streamed): a lone carriage return ends a line too, CR LF ends one."""
+    if "\r" not in line:
+        return [line]
+    pieces = line.split("\r")
+    return pieces[:-1] if line.endswith("\r") else pieces
 
 
 def detect_format(path: Path) -> str:
@@ -185,7 +221,15 @@ def detect_format(path: Path) -> str:
 
 
 def read_documents(path: Path, kind: str, text_field: str = "text") -> list[Document]:
-    """The documents of a raw-text corpus, in corpus order, those without tokens left out."""
+    """The documents of a raw-text corpus, in corpus order, those without tokens left out
+    (all in memory: for tests and small corpora; :func:`read_corpus` streams them)."""
+    _, one_per_line = survey(path, kind, text_field)
+    return list(iter_documents(path, kind, text_field, one_per_line))
+
+
+def survey(path: Path, kind: str, text_field: str = "text") -> tuple[int, bool]:
+    """How many documents a raw-text corpus has, after checking it is one; and, for ``text``,
+    whether it is one document per line (one block), which :func:`iter_documents` needs."""
     if kind not in HINTS:
         raise DataError(f"{kind!r} is not a raw-text corpus format")
     if not path.exists():
@@ -193,12 +237,46 @@ def read_documents(path: Path, kind: str, text_field: str = "text") -> list[Docu
     if path.is_dir() != (kind == "text-dir"):
         what = "directory" if kind == "text-dir" else "file"
         raise DataError(f"corpus {path} is not a {what}, as --corpus-format {kind} needs")
-    if kind == "text":
-        return text_documents(read_text(path))
+    if kind == "text-dir":
+        return sum(has_tokens(read_text(file)) for file in _text_files(path)), False
+    check_text(path)
     if kind == "jsonl":
-        return jsonl_documents(read_text(path), path, text_field)
-    documents = (units_of(read_text(file)) for file in _text_files(path))
-    return [document for document in documents if document]
+        return sum(has_tokens(text) for text in jsonl_texts(path, text_field)), False
+    blocks = lines = 0
+    in_block = False
+    for line in decoded_lines(path):
+        if has_tokens(line):
+            lines += 1
+            blocks += not in_block
+            in_block = True
+        else:
+            in_block = False  # a blank line (or one of spaces, controls) ends the block
+    return (lines, True) if blocks == 1 else (blocks, False)
+
+
+def iter_documents(
+    path: Path, kind: str, text_field: str, one_per_line: bool
+) -> Iterator[Document]:
+    """The documents of a raw-text corpus that :func:`survey` has checked, one at a time."""
+    documents: Iterator[Document]
+    if kind == "text-dir":
+        documents = (units_of(read_text(file)) for file in _text_files(path))
+    elif kind == "jsonl":
+        documents = (units_of(text) for text in jsonl_texts(path, text_field))
+    else:
+        documents = text_documents(decoded_lines(path), one_per_line)
+    return (document for document in documents if document)
+
+
+_ASCII_WORD = re.compile("[A-Za-z0-9]")
+
+
+def has_tokens(text: str) -> bool:
+    """Whether :func:`units_of` would find a unit in ``text``, mostly without tokenizing it:
+    tokenize never drops an ASCII letter or digit, and nearly every line has one."""
+    if _ASCII_WORD.search(text):
+        return True
+    return any(tokenize(line) for line in text.split("\n"))
 
 
 def read_text(path: Path) -> str:
@@ -216,25 +294,77 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start})") from None
 
 
+def check_text(path: Path) -> None:
+    """Refuse the file as :func:`read_text` would, reading one line at a time: a NUL byte
+    anywhere is reported first, else the first byte that is not UTF-8."""
+    undecodable: int | None = None
+    offset = 0  # of the line, in bytes of the file
+    mark = 0  # the length of a leading byte-order mark, which utf-8-sig's positions leave out
+    for number, line in enumerate(_byte_lines(path)):
+        nul = line.find(b"\0")
+        if nul >= 0:  # UTF-8 text never holds one; binary files and UTF-16 text do
+            at = offset + nul
+            raise DataError(f"{path} is not UTF-8 text (NUL byte at {at}: a binary file?)")
+        if number == 0 and line.startswith(BOM):
+            mark = len(BOM)
+        start = mark if number == 0 else 0  # the mark is not decoded
+        if undecodable is None:
+            try:
+                line[start:].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                undecodable = offset + start + exc.start - mark
+        offset += len(line)
+    if undecodable is not None:
+        raise DataError(f"{path} is not UTF-8 text (byte {undecodable})")
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def decoded_lines(path: Path, encoding: str = "utf-8-sig") -> Iterator[str]:
+    """The file's lines without their ``"\\n"``, as ``text.split("\\n")`` gives them (but for a
+    last empty one): a byte 0x0A is a newline in UTF-8 and nothing else. ``utf-8-sig``: a
+    leading byte-order mark is dropped. A byte that is not UTF-8 is a DataError."""
+    offset = 0
+    for number, line in enumerate(_byte_lines(path)):
+        if number == 0 and encoding == "utf-8-sig" and line.startswith(BOM):
+            line = line[len(BOM) :]
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path} is not UTF-8 text (byte {offset + exc.start})") from None
+        offset += len(line)
+        yield text[:-1] if text.endswith("\n") else text
+
+
+def _byte_lines(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as file:
+            yield from file
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror})") from None
+
+
 def units_of(text: str) -> list[list[str]]:
     """Sentence units of raw text: the tokens of each line that has any."""
     # Split on "\n" only, as WikiText is read: U+2028 and friends are whitespace in a line.
     return [tokens for tokens in map(tokenize, text.split("\n")) if tokens]
 
 
-def text_documents(text: str) -> list[Document]:
-    """Blocks of lines between blank lines; one line per document when there is one block."""
-    blocks: list[Document] = [[]]
-    for line in text.split("\n"):
+def text_documents(lines: Iterator[str], one_per_line: bool) -> Iterator[Document]:
+    """Blocks of lines between blank lines, or each line alone (a file of one block)."""
+    block: Document = []
+    for line in lines:
         tokens = tokenize(line)
-        if tokens:
-            blocks[-1].append(tokens)
-        elif blocks[-1]:
-            blocks.append([])  # a blank line (or one of spaces, controls) ends the block
-    blocks = [block for block in blocks if block]
-    if len(blocks) == 1:
-        return [[unit] for unit in blocks[0]]
-    return blocks
+        if tokens and one_per_line:
+            yield [tokens]
+        elif tokens:
+            block.append(tokens)
+        elif block:
+            yield block  # a blank line (or one of spaces, controls) ends the block
+            block = []
+    if block:
+        yield block
 
 
 def _text_files(path: Path) -> list[Path]:
@@ -244,10 +374,9 @@ def _text_files(path: Path) -> list[Path]:
     return files
 
 
-def jsonl_documents(text: str, path: Path, field: str) -> list[Document]:
-    """The ``field`` of each line's JSON object, as a document (blank lines skipped)."""
-    documents: list[Document] = []
-    for number, line in enumerate(text.split("\n"), start=1):
+def jsonl_texts(path: Path, field: str) -> Iterator[str]:
+    """The ``field`` of each line's JSON object (blank lines skipped), of a checked file."""
+    for number, line in enumerate(decoded_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -260,33 +389,41 @@ def jsonl_documents(text: str, path: Path, field: str) -> list[Document]:
         if not isinstance(value, str):
             kind = type(value).__name__
             raise DataError(f"{path} line {number}: {field!r} is a {kind}, not a string")
-        if document := units_of(value):
-            documents.append(document)
-    return documents
+        yield value
 
 
 # -- splits --------------------------------------------------------------------------------------
 
 
-def split_documents(
-    documents: Sequence[Document], fraction: float, seed: int, *, hint: str = ""
-) -> dict[str, list[Document]]:
-    """``{split: documents}``: a seeded random ``fraction`` (at least one) each for valid and
-    test, the rest for train, each in corpus order. ``hint`` ends the too-few error."""
-    n = len(documents)
+def split_labels(n: int, fraction: float, seed: int, *, hint: str = "") -> npt.NDArray[np.int8]:
+    """The split of each of ``n`` documents, as an index into SPLITS: a seeded random
+    ``fraction`` (at least one) each for valid and test, the rest for train. ``hint`` ends the
+    too-few error."""
     if n < len(SPLITS):
         why = f"; {hint}" if hint else ""
         raise DataError(
             f"the corpus has {n} document(s), too few for train, valid and test (at least 3){why}"
         )
     held = min(max(1, round(fraction * n)), (n - 1) // 2)  # train keeps at least one
-    order = sorted(range(n), key=lambda i: _shuffle_key(seed, i))
-    chosen = {
-        "valid": sorted(order[:held]),
-        "test": sorted(order[held : 2 * held]),
-        "train": sorted(order[2 * held :]),
+    # The keys as big-endian integers sort as the digests do; a stable sort keeps ties in index
+    # order, as sorted() did when this was a list (8 bytes a document, not a Python object).
+    keys = (int.from_bytes(_shuffle_key(seed, i), "big") for i in range(n))
+    order = np.argsort(np.fromiter(keys, dtype=np.uint64, count=n), kind="stable")
+    labels = np.zeros(n, dtype=np.int8)
+    labels[order[:held]] = SPLITS.index("valid")
+    labels[order[held : 2 * held]] = SPLITS.index("test")
+    return labels
+
+
+def split_documents(
+    documents: Sequence[Document], fraction: float, seed: int, *, hint: str = ""
+) -> dict[str, list[Document]]:
+    """``{split: documents}`` by :func:`split_labels`, each split in corpus order."""
+    labels = split_labels(len(documents), fraction, seed, hint=hint).tolist()
+    return {
+        split: [doc for doc, label in zip(documents, labels, strict=True) if label == code]
+        for code, split in enumerate(SPLITS)
     }
-    return {split: [documents[i] for i in chosen[split]] for split in SPLITS}
 
 
 def _shuffle_key(seed: int, i: int) -> bytes:

@@ -167,7 +167,7 @@ def load_corpus(
 
 def read_wikitext(data_dir: Path) -> dict[str, Units]:
     """The whitespace-split lines of each split (WikiText is tokenized already)."""
-    return {split: _read_lines(_split_path(Path(data_dir), split)) for split in SPLITS}
+    return {split: _read_lines(split_path(Path(data_dir), split)) for split in SPLITS}
 
 
 def corpus_from_units(
@@ -209,7 +209,7 @@ def corpus_from_units(
     )
 
 
-def _split_path(data_dir: Path, split: str) -> Path:
+def split_path(data_dir: Path, split: str) -> Path:
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist ({DOWNLOAD_HINT} fetches it)")
     path = data_dir / f"{split}.txt"

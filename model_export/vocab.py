@@ -64,10 +64,22 @@ def build_vocabulary(
     units: Units, *, max_vocab: int | None = None, min_count: int = 1
 ) -> Vocabulary:
     """The vocabulary of the training units under the two limits (see the module docstring)."""
+    return vocabulary_of_counts(
+        count_words(units), len(units), max_vocab=max_vocab, min_count=min_count
+    )
+
+
+def vocabulary_of_counts(
+    word_counts: Counter[str], units: int, *, max_vocab: int | None = None, min_count: int = 1
+) -> Vocabulary:
+    """:func:`build_vocabulary` of train units counted already (a corpus streamed from disk):
+    ``word_counts`` as :func:`count_words` counts them, in order of first appearance (the order
+    breaks ties), and how many ``units`` there were (one ``<eos>`` each)."""
     if max_vocab is not None and max_vocab < MIN_VOCAB:
         raise ValueError(f"max_vocab must be at least {MIN_VOCAB}, got {max_vocab}")
-    counter = count_words(units)
-    counter[EOS] += len(units)
+    # A copy, in the same order: the caller's counts stay as they were.
+    counter = Counter(word_counts)
+    counter[EOS] += units
     counter[UNK] += 0  # present even when train has no unknown words
     # Counter keeps first-insertion order and sorted() is stable: ties stay in order of appearance.
     ranked = sorted(counter, key=lambda word: -counter[word])

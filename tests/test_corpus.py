@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +13,16 @@ import pytest
 
 from model_export.corpus import (
     CorpusOptions,
+    check_text,
     detect_format,
+    has_tokens,
     read_corpus,
     read_documents,
+    read_text,
     split_documents,
+    split_labels,
 )
-from model_export.data import DataError, load_corpus
+from model_export.data import Corpus, DataError, corpus_from_units, load_corpus, read_wikitext
 from service.text import tokenize
 
 HELLO = ["Hello", ",", "world", "!"]
@@ -259,3 +266,217 @@ def test_a_format_that_does_not_fit_the_path_is_refused(tmp_path: Path) -> None:
         read_corpus(path, CorpusOptions(format="text-dir"))
     with pytest.raises(DataError, match="is not a file, as --corpus-format jsonl needs"):
         read_corpus(tmp_path, CorpusOptions(format="jsonl"))
+
+
+# -- streaming: the same corpus as reading it whole ------------------------------------------------
+# The reader before streaming, kept as the reference: every document in memory at once.
+
+
+def whole_documents(path: Path, kind: str, field: str = "text") -> list[list[list[str]]]:
+    def units(text: str) -> list[list[str]]:
+        return [tokens for tokens in map(tokenize, text.split("\n")) if tokens]
+
+    if kind == "text-dir":
+        files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
+        return [doc for doc in (units(read_text(file)) for file in files) if doc]
+    text = read_text(path)
+    if kind == "jsonl":
+        records = [json.loads(line) for line in text.split("\n") if line.strip()]
+        return [doc for doc in (units(record[field]) for record in records) if doc]
+    blocks: list[list[list[str]]] = [[]]
+    for line in text.split("\n"):
+        tokens = tokenize(line)
+        if tokens:
+            blocks[-1].append(tokens)
+        elif blocks[-1]:
+            blocks.append([])
+    blocks = [block for block in blocks if block]
+    return [[unit] for unit in blocks[0]] if len(blocks) == 1 else blocks
+
+
+def whole_split(n: int, fraction: float, seed: int) -> dict[str, list[int]]:
+    held = min(max(1, round(fraction * n)), (n - 1) // 2)
+    key = lambda i: hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()  # noqa: E731
+    order = sorted(range(n), key=key)
+    return {
+        "valid": sorted(order[:held]),
+        "test": sorted(order[held : 2 * held]),
+        "train": sorted(order[2 * held :]),
+    }
+
+
+def whole_corpus(
+    path: Path, kind: str, options: CorpusOptions, vocabulary: list[str] | None = None
+) -> tuple[Corpus, dict[str, int] | None]:
+    if kind == "wikitext":
+        units, documents = read_wikitext(path), None
+    else:
+        docs = whole_documents(path, kind, options.text_field)
+        chosen = whole_split(len(docs), options.valid_fraction, options.seed)
+        units = {s: [u for i in chosen[s] for u in docs[i]] for s in chosen}
+        documents = {s: len(chosen[s]) for s in ("train", "valid", "test")}
+    corpus = corpus_from_units(
+        units,
+        "train",
+        max_tokens=options.max_tokens,
+        max_vocab=options.max_vocab,
+        min_count=options.min_count,
+        vocabulary=vocabulary,
+    )
+    return corpus, documents
+
+
+def streaming_cases(tmp_path: Path) -> list[tuple[Path, str]]:
+    """A few small corpora of each format, with the awkward bits each reader must agree on."""
+    odd = "\ufeffCaf\u00e9 \u201cno\u201d\r\n\x07\n<unk> a<unk>b \u2028 12,345.6\n\n\u00bf?\n"
+    text = write(tmp_path / "blocks.txt", paragraphs(31) + odd + paragraphs(7))
+    lines = write(tmp_path / "lines.txt", "".join(f"line {i % 7} name{i} .\n" for i in range(40)))
+    root = tmp_path / "docs"
+    for i in range(12):
+        write(root / f"{i:02}.txt", paragraphs(1 + i % 3) if i != 4 else " \n\x07\n")
+    records = [{"text": paragraphs(1 + i % 4), "id": i} for i in range(25)]
+    records[3]["text"] = "\n \n"  # no tokens: no document
+    jsonl = write(tmp_path / "a.jsonl", "\n\n".join(json.dumps(r) for r in records) + "\n")
+    wiki = tmp_path / "wt"
+    write(wiki / "train.txt", " = T = \n\n a b <eos> a\r\n c\rd \u2028 e\n" + paragraphs(9))
+    write(wiki / "valid.txt", " a zz <unk>\n\n b\r")
+    write(wiki / "test.txt", paragraphs(2))
+    return [
+        (text, "text"),
+        (lines, "text"),
+        (root, "text-dir"),
+        (jsonl, "jsonl"),
+        (wiki, "wikitext"),
+    ]
+
+
+OPTION_CASES = [
+    {},
+    {"valid_fraction": 0.2, "seed": 5},
+    {"max_vocab": 9},
+    {"min_count": 2, "seed": 1},
+    {"max_tokens": 40},
+    {"max_tokens": 1, "max_vocab": 4},
+]
+
+
+@pytest.mark.parametrize("extra", OPTION_CASES)
+def test_streaming_reader_gives_the_corpus_of_the_whole_reader(
+    tmp_path: Path, extra: dict[str, object]
+) -> None:
+    for path, kind in streaming_cases(tmp_path):
+        options = CorpusOptions(format=kind, **extra)  # type: ignore[arg-type]
+        expected, documents = whole_corpus(path, kind, options)
+        sourced = read_corpus(path, options, directory=tmp_path)
+        assert_same_corpus(sourced.corpus, expected)
+        assert sourced.documents == documents, path
+        assert isinstance(sourced.corpus.train, np.memmap)
+    assert not list(tmp_path.glob("nextword-corpus-*"))  # the id files are gone
+
+
+def test_streaming_reader_in_a_given_vocabulary(tmp_path: Path) -> None:
+    vocabulary = ["<eos>", "the", "cat", "<unk>", "mat", "zebra"]
+    for path, kind in streaming_cases(tmp_path):
+        options = CorpusOptions(format=kind)
+        expected, _ = whole_corpus(path, kind, options, vocabulary)
+        assert_same_corpus(read_corpus(path, options, vocabulary).corpus, expected)
+
+
+def assert_same_corpus(corpus: Corpus, expected: Corpus) -> None:
+    assert corpus.vocab == expected.vocab
+    assert corpus.index == expected.index
+    assert corpus.counts.dtype == np.int64
+    assert corpus.counts.tolist() == expected.counts.tolist()
+    for split in ("train", "valid", "test"):
+        assert corpus.split(split).dtype == np.int64
+        assert corpus.split(split).tolist() == expected.split(split).tolist(), split
+    assert corpus.oov == expected.oov
+
+
+def test_document_split_is_the_one_sorted_by_hash_gave() -> None:
+    for n in (3, 4, 10, 57, 1000):
+        for fraction, seed in ((0.05, 0), (0.3, 7)):
+            labels = split_labels(n, fraction, seed)
+            by_split = {name: np.flatnonzero(labels == code).tolist() for code, name in SPLIT_CODES}
+            assert by_split == whole_split(n, fraction, seed)
+
+
+SPLIT_CODES = list(enumerate(("train", "valid", "test")))
+
+
+def test_has_tokens_is_whether_tokenize_finds_any() -> None:
+    lines = [
+        "",
+        " ",
+        "\x07",
+        "\u200b",
+        "a",
+        "\u0301",
+        ".",
+        "`",
+        "_",
+        "@",
+        "<unk>",
+        "\ue000",
+        "¿",
+        "ж",
+    ]
+    lines += ["\u2028", "\ufeff", "\ud800", "--", "'", "\U0001f44d\U0001f3fd", "x\x00y"]
+    for line in lines:
+        assert has_tokens(line) == bool(tokenize(line)), repr(line)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"ok\n",
+        b"\xef\xbb\xbfcaf\xe9\n",
+        b"\xef\xbb\xbfa\nb\n\xff\n",
+        b"a\nb\xc3\nc\n",
+        b"a\xff\nb\x00c\n",
+        b"\xef\xbb\xbf\x00",
+        b"a\n\n\xe2\x82",
+    ],
+)
+def test_checking_line_by_line_refuses_as_reading_whole_does(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(data)
+    try:
+        read_text(path)
+    except DataError as exc:
+        with pytest.raises(DataError, match=re.escape(str(exc))):
+            check_text(path)
+    else:
+        check_text(path)
+
+
+def test_bad_input_leaves_no_id_files(tmp_path: Path) -> None:
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    for case in ("bad_json", "one_type", "nul", "not_utf8", "two_documents"):
+        (tmp_path / case).mkdir()
+        with pytest.raises(DataError):
+            read_corpus(bad_corpus(tmp_path / case, case), directory=ids)
+    assert not list(ids.iterdir())
+
+
+@pytest.mark.slow
+def test_reading_streams_instead_of_holding_the_corpus(tmp_path: Path) -> None:
+    # ~3 MB in paragraphs over a few thousand word types. Read whole, every token would be a str
+    # object (50+ bytes) in a list (8 more): ~60 bytes a token, ~40 MB here, besides the text.
+    # Streamed, memory is the vocabulary, one document and fixed-size buffers (~5 MB measured).
+    path = tmp_path / "big.txt"
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(40_000):
+            words = " ".join(f"w{(i * 7 + j * j) % 3000}" for j in range(12))
+            out.write(f"{words.capitalize()}, said N{i % 50}.\n" + ("\n" if i % 3 == 2 else ""))
+    tracemalloc.start()
+    try:
+        corpus = read_corpus(path, directory=tmp_path).corpus
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    tokens = sum(len(corpus.split(split)) for split in ("train", "valid", "test"))
+    assert tokens > 600_000  # the whole file was read
+    token_strings = 58 * tokens
+    assert peak < token_strings / 4, f"peak {peak:,} bytes for {tokens:,} tokens"

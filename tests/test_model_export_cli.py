@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,12 @@ def own_text(paragraphs: int) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def test_build_on_a_plain_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_on_a_plain_text_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = tmp_path / "tmp"  # where the corpus's id files are written while it is read
+    ids.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(ids))
     corpus = tmp_path / "notes.txt"
     corpus.write_text(own_text(60), encoding="utf-8")
     out = tmp_path / "bundles" / "notes"
@@ -95,6 +101,7 @@ def test_build_on_a_plain_text_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "wrote" in captured.out
     assert "out of vocabulary valid" in captured.out
     assert captured.err.startswith("corpus (text): ")
+    assert not list(ids.iterdir())  # trained from memory-mapped ids, which are gone
 
     bundle = load_bundle(out)
     manifest = bundle.manifest
