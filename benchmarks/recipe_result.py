@@ -50,6 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--run-dir", type=Path, required=True, help="holds log.jsonl")
+    parser.add_argument("--name", default=None, help="results/NAME.json (default recipe_<recipe>)")
     args = parser.parse_args()
     for path in (args.bundle / "manifest.json", args.run_dir / "log.jsonl"):
         if not path.is_file():
@@ -57,7 +58,7 @@ def main() -> int:
             return 2
     result = summarise(args.bundle, args.run_dir)
     recipe = (result["training"] or {}).get("recipe") or result["bundle"]
-    path = write_result(f"recipe_{recipe}", result)
+    path = write_result(args.name or f"recipe_{recipe}", result)
     test = result["test"] or {}
     print(f"{recipe}: test ppl {test.get('perplexity', float('nan')):.1f} -> {path}")
     return 0
