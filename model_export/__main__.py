@@ -396,9 +396,11 @@ def _start_model(args: argparse.Namespace) -> Checkpoint | None:
     if args.max_vocab is not None or args.min_count != 1:
         raise ConfigError("--init keeps the model's vocabulary: drop --max-vocab and --min-count")
     run_dir = args.run_dir or Path("runs") / args.out.name
-    if (run_dir / "last.pt").exists():
-        return None  # resuming the fine-tuning run, which already holds the model
     from model_export.finetune import load_start
+    from model_export.train import LAST
+
+    if (run_dir / LAST).exists():
+        return None  # resuming the fine-tuning run, which already holds the model
 
     return load_start(init)
 

@@ -23,9 +23,9 @@ from model_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model_export.data import WIKITEXT2_INFO
 from model_export.export import ExportError, check_parity
 from model_export.model import ConfigError, LanguageModel, ModelConfig
+from model_export.train import BEST
 from service.bundle import MANIFEST_FILE, BundleError, load_bundle
 
-BEST = "best.pt"
 GATES = {"LSTM": [0, 2, 3, 1], "GRU": [1, 0, 2]}
 """ONNX gate blocks in torch's order, per cell."""
 
