@@ -7,7 +7,7 @@ the split depends on the documents, not on the vocabulary), through the real com
 
 * ``fine-tuned``: ``build --init BUNDLE --recipe finetune`` (1 M tokens at a tenth of the
   default learning rate, the default model's vocabulary and tree);
-* ``from scratch``: ``build --recipe default`` (its own vocabulary, 10.5 M tokens);
+* ``from scratch``: ``build --recipe default`` (its own vocabulary and the recipe's token budget);
 * ``not tuned``: the default bundle as it is, for reference.
 
 Reported: test perplexity with the out-of-vocabulary rate (each run in its own vocabulary, so

@@ -59,7 +59,8 @@ def command(args: argparse.Namespace, procs: int, batch: int, out: Path) -> list
             "--nproc-per-node", str(procs), "-m", "model_export",
         ]  # fmt: skip
     train = [
-        "train", "--recipe", args.recipe, "--max-tokens", str(args.tokens),
+        # A Huffman tree: a clustered one would first train its word vectors' run, untimed here.
+        "train", "--recipe", args.recipe, "--tree", "huffman", "--max-tokens", str(args.tokens),
         "--max-minutes", str(NO_TIME_LIMIT), "--batch-size", str(batch),
         "--threads", str(threads_per_process(args, procs)), "--no-progress", "--out", str(out),
     ]  # fmt: skip

@@ -43,6 +43,7 @@ from service.tree import TreeError
 
 if TYPE_CHECKING:
     from model_export.progress import BuildBar
+    from model_export.train import TrainResult
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -269,6 +270,7 @@ def _picked(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from model_export.train import describe, train
+    from model_export.wordvectors import first_run_for, train_word_vectors
 
     corpus = _corpus(args)
     model_over = _picked(args, [*MODEL_FLAGS, "tie_weights"])
@@ -278,6 +280,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         recipe = get_recipe(args.recipe)
         model_cfg, train_cfg = recipe.build(len(corpus.vocab), model_over, train_over)
+        first_run = first_run_for(train_cfg, recipe.first_run)
+        if first_run is not None:
+            train_cfg, first = train_word_vectors(args.out, corpus, model_cfg, train_cfg, first_run)
+            if _is_main_process():
+                print(f"word vectors for the clustered tree: {describe(first)}")
         result = train(args.out, corpus, model_cfg, train_cfg)
     if _is_main_process():  # under torchrun every rank returns the same result
         print(describe(result))
@@ -427,16 +434,11 @@ def _train_and_evaluate(
     """The best checkpoint of the run, and its metrics: valid and test, and the training.
     ``start``: the model a new run fine-tunes (its shape replaces the recipe's)."""
     from model_export.evaluate import evaluate_checkpoint
-    from model_export.train import BEST, LAST, describe, train
+    from model_export.train import BEST, describe
+    from model_export.wordvectors import first_run_summary
 
     run_dir = args.run_dir or Path("runs") / args.out.name
-    budget = _picked(args, ["max_minutes", "max_tokens", "progress"])
-    if (run_dir / LAST).exists():
-        bar.write(f"resuming the run in {run_dir}")
-        result = train(run_dir, corpus, None, None, resume=True, overrides=budget, reporter=bar)
-    else:
-        model_cfg, train_cfg = get_recipe(args.recipe).build(len(corpus.vocab), {}, budget)
-        result = train(run_dir, corpus, model_cfg, train_cfg, reporter=bar, init=start)
+    result = _train_run(args, run_dir, corpus, bar, start)
     bar.write(describe(result))
     ckpt: Checkpoint = load_checkpoint(run_dir / BEST)
     metrics: dict[str, Any] = {}
@@ -450,8 +452,35 @@ def _train_and_evaluate(
         "tokens_per_s": round(result.tokens_per_s, 1),
         "recipe": args.recipe,
         "init": None if start is None else str(args.init),
+        "first_run": first_run_summary(run_dir),
     }
     return ckpt, metrics
+
+
+def _train_run(
+    args: argparse.Namespace, run_dir: Path, corpus: Corpus, bar: BuildBar, start: Checkpoint | None
+) -> TrainResult:
+    """Train the build's run, or resume it; first, when the recipe's clustered tree needs
+    them, the word vectors (:mod:`model_export.wordvectors`), the bar showing both as one."""
+    from model_export.progress import RunShare
+    from model_export.train import LAST, Reporter, describe, train
+    from model_export.wordvectors import first_run_for, first_run_share, train_word_vectors
+
+    budget = _picked(args, ["max_minutes", "max_tokens", "progress"])
+    if (run_dir / LAST).exists():
+        bar.write(f"resuming the run in {run_dir}")
+        return train(run_dir, corpus, None, None, resume=True, overrides=budget, reporter=bar)
+    recipe = get_recipe(args.recipe)
+    model_cfg, train_cfg = recipe.build(len(corpus.vocab), {}, budget)
+    first_run = None if start is not None else first_run_for(train_cfg, recipe.first_run)
+    reporter: Reporter = bar
+    if first_run is not None:
+        share = first_run_share(train_cfg, first_run)
+        train_cfg, first = train_word_vectors(run_dir, corpus, model_cfg, train_cfg, first_run, bar)
+        bar.write(f"word vectors for the clustered tree: {describe(first)}")
+        seconds = first.minutes * 60
+        reporter = RunShare(bar, start=share, share=1 - share, tokens=first.tokens, seconds=seconds)
+    return train(run_dir, corpus, model_cfg, train_cfg, reporter=reporter, init=start)
 
 
 COMMANDS = {

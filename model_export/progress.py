@@ -17,8 +17,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:  # the protocol's type only: importing train at run time loads torch
+    from model_export.train import Reporter
 
 TOPK_COST = 55.0
 """A top-k target costs this many perplexity targets (all V words are scored): measured 26 s for
@@ -29,6 +33,28 @@ SCORE_SPEEDUP = 2.5
 """Scoring a token is this much faster than training on it (measured 25.8k against 10.1k tok/s)."""
 REFRESH_S = 1.0
 STAGES = ("valid", "test", "export")
+
+
+class RunShare:
+    """One training run reported as a part of a build's training (a clustered tree's first run,
+    then the main run): the run's budget fraction ``spent`` becomes ``start + share * spent``
+    of the whole, and its tokens and seconds continue those of the runs before it."""
+
+    def __init__(
+        self, inner: Reporter, *, start: float, share: float, tokens: int = 0, seconds: float = 0.0
+    ) -> None:
+        self._inner, self._start, self._share = inner, start, share
+        self._tokens, self._seconds = tokens, seconds
+
+    def step(self, tokens: int, elapsed: float, spent: float) -> None:
+        whole = self._start + self._share * spent
+        self._inner.step(self._tokens + tokens, self._seconds + elapsed, whole)
+
+    def status(self, values: dict[str, str]) -> None:
+        self._inner.status(values)
+
+    def validated(self, seconds: float) -> None:
+        self._inner.validated(seconds)
 
 
 class BuildBar:

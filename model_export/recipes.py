@@ -1,10 +1,11 @@
 """Named training recipes: a model shape plus how to train it, chosen by measurement.
 
 ``default`` is what ``make serve`` builds on a fresh machine (a fixed budget of training tokens,
-about 12-18 minutes on 2 CPU cores); ``quality`` is the documented longer recipe (about an
-hour); ``tiny`` is the seconds-long recipe the tests use. Budgets are in tokens so that the same
-recipe and seed give the same model on any machine, busy or not; ``--max-minutes`` remains an
-explicit option. The measurements behind the choices are in the README.
+about 11-18 minutes on 2 CPU cores, its clustered tree's first run included); ``quality`` is the
+documented longer recipe (about an hour); ``tiny`` is the seconds-long recipe the tests use.
+Budgets are in tokens so that the same recipe and seed give the same model on any machine, busy
+or not; ``--max-minutes`` remains an explicit option. The measurements behind the choices are in
+the README.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class Recipe:
     """:class:`ModelConfig` fields except ``vocab_size`` (which the corpus decides)."""
     train: dict[str, Any] = field(default_factory=dict)
     """:class:`TrainConfig` fields."""
+    first_run: dict[str, Any] | None = None
+    """A clustered tree's first run (:mod:`model_export.wordvectors`): the :class:`TrainConfig`
+    fields, its budget, that differ from the main run's; it trains with a Huffman tree."""
 
     def build(
         self, vocab_size: int, model_overrides: dict[str, Any], train_overrides: dict[str, Any]
@@ -48,11 +52,19 @@ RECIPES: dict[str, Recipe] = {
     # batch 64 lr 3e-3 355/277, lr 6e-3 318/252, lr 1e-2 310/250; batch 32 lr 3e-3 329/263
     # but half the tokens/s; batch 128 lr 1e-2 316/254 and slower per token than 64; SGD lr 20
     # 1362 at 0.5M. This recipe with a cosine over 2.4M tokens: 303, 235, 204 at 0.6M/1.2M/1.8M.
-    # Throughput at batch 64: 12-13k tok/s (2 threads, idle machine), 6-9k when shared.
+    # Throughput at batch 64: 10-16k tok/s (2 threads, idle machine), 6-9k when shared.
+    #
+    # The tree and the regularisation (2026-12-02, test ppl, same seed): with a Huffman tree and
+    # dropout 0.2 the recipe plateaued at 153.5 over 10.5 M tokens (valid flat from 8 M on,
+    # train ppl 88: it overfits) and gave 153.7 at 6 M; a tree clustered from a first model's
+    # embeddings (Mnih & Hinton) gave 143.0 at 6 M with dropout 0.2 (benchmarks/train_compare.py)
+    # and 139.7 (valid 150.6) over 10.5 M with dropout 0.3 (vectors from a 2 M-token Huffman run,
+    # 3.4 + 18.4 min on the EPYC machine). The budget is 2 M + 8 M tokens so that both runs fit
+    # in 20 minutes on the slower (EPYC, 10k tok/s) of the 2-core machines measured.
     "default": Recipe(
-        model={"cell": "lstm", "emb_size": 256, "hidden_size": 256, "layers": 1, "dropout": 0.2},
+        model={"cell": "lstm", "emb_size": 256, "hidden_size": 256, "layers": 1, "dropout": 0.3},
         train={
-            "tree": "huffman",
+            "tree": "clustered",
             "batch_size": 64,
             "bptt": 35,
             "optimizer": "adam",
@@ -62,11 +74,11 @@ RECIPES: dict[str, Recipe] = {
             "clip": 1.0,
             "eval_every": 2_000_000,
             # A token budget, not minutes: what a build trains on must not depend on how fast or
-            # busy the machine is. 10.5 M tokens (5 epochs) is what the recorded 18-minute run on
-            # the EPYC build machine saw (test ppl 153.5); a 14.5 M-token run of the same recipe
-            # overfit (test 156.9, train 88.5).
-            "max_tokens": 10_500_000,
+            # busy the machine is.
+            "max_tokens": 8_000_000,
         },
+        # The clustered tree's word vectors: the same model with a Huffman tree, 2 M tokens.
+        first_run={"max_tokens": 2_000_000, "eval_every": 1_000_000},
     ),
     # Three times the compute per token of "default" (3.5-6k tok/s on the same machine).
     "quality": Recipe(
@@ -88,9 +100,10 @@ RECIPES: dict[str, Recipe] = {
 
 
 RECIPES["finetune"] = Recipe(
-    # For build --init: the model's shape comes from the model it starts from (these fields are
-    # the default recipe's, unused then); the training settings are the default's with a tenth
-    # of its learning rate and a budget of 1 M tokens, what a team with a few MB of text spends.
+    # For build --init: the model's shape and tree come from the model it starts from (these
+    # fields are the default recipe's, unused then); the training settings are the default's with
+    # a tenth of its learning rate and a budget of 1 M tokens, what a team with a few MB of text
+    # spends.
     model=dict(RECIPES["default"].model),
     train={**RECIPES["default"].train, "lr": 6e-4, "max_tokens": 1_000_000, "eval_every": 250_000},
 )

@@ -8,7 +8,7 @@ import pytest
 
 from model_export.__main__ import main
 from model_export.data import load_corpus
-from model_export.progress import EXPORT_COST, SCORE_SPEEDUP, TOPK_COST, BuildBar
+from model_export.progress import EXPORT_COST, SCORE_SPEEDUP, TOPK_COST, BuildBar, RunShare
 from model_export.recipes import get_recipe
 from model_export.train import train
 
@@ -72,6 +72,18 @@ def test_stages_count_down_and_rescale_by_what_they_took() -> None:
     assert bar.left() == pytest.approx(2 * (expected["test"] + expected["export"]))
     with pytest.raises(ValueError, match="unknown stage"):
         bar.stage("deploy")
+
+
+def test_two_runs_share_one_estimate() -> None:
+    bar = bar_at(Clock())
+    bar.validated(1.0)
+    first = RunShare(bar, start=0.0, share=0.2)
+    first.step(tokens=1_000, elapsed=10.0, spent=0.5)  # half the first run: a tenth of the whole
+    evaluation = 1.0 + sum(stages(1e-3).values())
+    assert bar.left() == pytest.approx(10.0 * 0.9 / 0.1 + evaluation)
+    main_run = RunShare(bar, start=0.2, share=0.8, tokens=2_000, seconds=20.0)
+    main_run.step(tokens=500, elapsed=20.0, spent=0.5)  # 40 s in all for 0.6 of the whole
+    assert bar.left() == pytest.approx(40.0 * 0.4 / 0.6 + evaluation)
 
 
 def test_build_default_shows_one_bar_to_the_end(

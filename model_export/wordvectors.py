@@ -1,0 +1,78 @@
+"""The word vectors a clustered tree is learned from: a first, short run of the same model.
+
+Mnih & Hinton (2008) learn the tree from the word vectors of a model trained with another
+tree. A recipe whose tree is ``clustered`` says how that first run trains
+(:attr:`model_export.recipes.Recipe.first_run`: a Huffman tree and a few million tokens), and
+``build`` and ``train`` run it in ``<run dir>/vectors`` before the main run, which clusters its
+input embeddings (``TrainConfig.tree_from``). The first run is a run like any other: it resumes
+from its ``last.pt``, so a build stopped during it picks up where it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from model_export.checkpoint import load_checkpoint
+from model_export.data import Corpus
+from model_export.model import ModelConfig
+from model_export.progress import RunShare
+from model_export.train import BEST, LAST, Reporter, TrainConfig, TrainResult, train
+
+VECTORS_DIR = "vectors"
+"""The first run's directory, inside the main run's."""
+
+
+def first_run_for(cfg: TrainConfig, first_run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The recipe's ``first_run`` when ``cfg`` needs it: a clustered tree, no ``tree_from``."""
+    return first_run if cfg.tree == "clustered" and cfg.tree_from is None else None
+
+
+def first_run_summary(run_dir: Path) -> dict[str, Any] | None:
+    """Tokens and minutes of the first run in ``run_dir``, if it has one (for the manifest)."""
+    path = run_dir / VECTORS_DIR / LAST
+    if not path.exists():
+        return None
+    saved = load_checkpoint(path).train or {}
+    progress = saved.get("progress", {})
+    return {
+        "tokens": progress.get("tokens"),
+        "minutes": round(progress.get("elapsed", 0.0) / 60, 2),
+        "valid_ppl": progress.get("best_valid"),
+    }
+
+
+def first_run_share(cfg: TrainConfig, first_run: dict[str, Any]) -> float:
+    """The first run's part of the whole training, for one progress estimate over both: by
+    token budgets when both runs have one, else a quarter."""
+    first_tokens, main_tokens = first_run.get("max_tokens"), cfg.max_tokens
+    if first_tokens and main_tokens:
+        return float(first_tokens / (first_tokens + main_tokens))
+    return 0.25
+
+
+def train_word_vectors(
+    run_dir: Path,
+    corpus: Corpus,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    first_run: dict[str, Any],
+    reporter: Reporter | None = None,
+) -> tuple[TrainConfig, TrainResult]:
+    """Train (or finish) the first run; return the main run's config, whose ``tree_from`` is
+    the first run's best checkpoint, and the first run's result.
+
+    The first run has the main run's model and settings with a Huffman tree and the fields of
+    ``first_run`` (its budget). ``reporter`` gets the first run's progress as its share of the
+    whole (:func:`first_run_share`); the caller reports the main run's as the rest.
+    """
+    vectors_dir = run_dir / VECTORS_DIR
+    share = first_run_share(cfg, first_run)
+    part = None if reporter is None else RunShare(reporter, start=0.0, share=share)
+    if (vectors_dir / LAST).exists():
+        result = train(vectors_dir, corpus, None, None, resume=True, reporter=part)
+    else:
+        first_cfg = replace(cfg, tree="huffman", tree_from=None, **first_run)
+        result = train(vectors_dir, corpus, model_cfg, first_cfg, reporter=part)
+    return replace(cfg, tree_from=str(vectors_dir / BEST)), result
