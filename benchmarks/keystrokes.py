@@ -401,7 +401,9 @@ def presage_training_lines(data: Path) -> Iterator[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")
+    parser.add_argument(
+        "--bundle", type=Path, default=ROOT / "bundles/default", help="the nextword bundle measured"
+    )
     parser.add_argument("--data", default=None, help="WikiText-2 dir (else $NEXTWORD_DATA)")
     parser.add_argument("--sentences", type=int, default=300, help="WikiText-2 test sentences")
     parser.add_argument(

@@ -19,15 +19,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.runinfo import run_info, write_result  # noqa: E402  (a script, not installed)
+from model_export.wordvectors import VECTORS_DIR  # noqa: E402
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def summarise(bundle: Path, run_dir: Path) -> dict[str, Any]:
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    log = [
-        json.loads(line)
-        for line in (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    log = read_log(run_dir / "log.jsonl")
+    first_log = run_dir / VECTORS_DIR / "log.jsonl"  # a clustered tree's first run
     metrics = manifest["metrics"]
     return {
         "benchmark": "recipe",
@@ -41,6 +44,7 @@ def summarise(bundle: Path, run_dir: Path) -> dict[str, Any]:
         "valid": metrics.get("valid"),
         "test": metrics.get("test"),
         "validation_log": log,
+        "first_run_validation_log": read_log(first_log) if first_log.is_file() else None,
         "note": "valid/test: the best checkpoint by validation perplexity, evaluated on the "
         "whole split; top-k accuracy over the first targets of each split (topk_tokens)",
     }

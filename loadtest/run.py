@@ -45,15 +45,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="http://127.0.0.1:8000", help="the only target")
     parser.add_argument("--serve", type=Path, help="start a local server on this bundle first")
-    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--users", type=int, default=50, help="simulated typists")
     parser.add_argument("--rate", type=float, default=200.0, help="requests/s in all; 0: max")
-    parser.add_argument("--duration", type=int, default=60, help="seconds")
+    parser.add_argument("--duration", type=int, default=60, help="seconds of load")
     parser.add_argument("--spawn-rate", type=float, default=0.0, help="users/s (default: users)")
-    parser.add_argument("--p99-ms", type=float, default=10.0)
-    parser.add_argument("--max-error-ratio", type=float, default=0.0)
-    parser.add_argument("--rate-tolerance", type=float, default=0.05)
+    parser.add_argument("--p99-ms", type=float, default=10.0, help="SLO: p99 latency budget, ms")
+    parser.add_argument(
+        "--max-error-ratio", type=float, default=0.0, help="SLO: failed requests allowed, 0-1"
+    )
+    parser.add_argument(
+        "--rate-tolerance",
+        type=float,
+        default=0.05,
+        help="SLO: the fraction of --rate the achieved rate may miss by",
+    )
     parser.add_argument("--text", default="", help="text to type (default: WikiText-2 test)")
-    parser.add_argument("--report-dir", type=Path, default=HERE / "reports" / "latest")
+    parser.add_argument(
+        "--report-dir", type=Path, default=HERE / "reports" / "latest", help="locust reports"
+    )
     parser.add_argument("--server-pid", type=int, help="also report this process's CPU use")
     parser.add_argument("--results", type=Path, help="copy the summary JSON (and PNG) here")
     parser.add_argument("--note", default="", help="recorded in the summary (bundle, conditions)")

@@ -54,14 +54,15 @@ class CacheConfig:
     """The continuous cache's settings; ``size = 0`` (or ``lam = 0``) turns it off.
 
     The defaults are what ``benchmarks/cache_ppl.py`` recommends for the default bundle (d =
-    256): 990 states in int8 take 261,360 bytes, within 256 KiB per session, and took WikiText-2
-    test perplexity from 158.3 to 102.1 (0.645x; theta and lam tuned on valid; int8 keys gave
-    the same perplexity as float32 to 0.01).
+    256, clustered tree): 990 states in int8 take 261,360 bytes, within 256 KiB per session, and
+    took WikiText-2 test perplexity from 140.3 to 95.4 (0.680x; theta and lam tuned on valid;
+    int8 keys gave the same perplexity as float32 to 0.01). A bundle that records its own
+    (``adaptation`` in its manifest, written by ``cache_ppl.py --record``) overrides them.
     """
 
     size: int = 990
     """States kept per session (the last ``size`` positions of its text)."""
-    theta: float = 0.6
+    theta: float = 0.7
     """Flatness of the cache distribution: ``exp(theta * h . h_i)``; 0 counts words uniformly."""
     lam: float = 0.275
     """Weight of the cache in the mixture, ``0 <= lam < 1``."""

@@ -83,7 +83,8 @@ class TopK(NamedTuple):
     exact: bool
     """False when the deadline or the expansion cap stopped the search early."""
     unexplored_mass: float
-    """Upper bound on the total probability of qualifying words never examined."""
+    """Upper bound on the total probability of the qualifying words not returned: those never
+    examined, and those a wide node's expansion found below the k-th best of its own leaves."""
 
 
 @dataclass(frozen=True)

@@ -401,10 +401,11 @@ def best_first(
 
     Only admissible nodes are ever pushed, so every leaf popped qualifies, and since a child's
     path log-prob never exceeds its parent's, leaves come off in exact descending order.
-    ``mass`` is the frontier's total path probability, which bounds the probability of every
-    qualifying word not yet popped. An expansion moves a node's probability to its children,
-    so it is kept without summing the heap: it only drops by what leaves the frontier, the
-    words popped and the children pruned (1.0 for a search that pushed the root).
+    ``mass`` is the frontier's total path probability plus a bound on the leaves a wide node
+    left below its floor, which together bound the probability of every qualifying word not
+    yet popped. An expansion moves a node's probability to its children, so it is kept
+    without summing the heap: it only drops by what leaves the frontier, the words popped and
+    the children pruned (1.0 for a search that pushed the root).
     Returns ``(size, n_out, expansions, mass)``: only scalars, since boxing arrays back into
     Python costs about a microsecond each.
     """
@@ -444,11 +445,12 @@ def best_first(
             )  # fmt: skip
         # A wide node's children that leave the frontier are most of them: their mass is the
         # node's minus the kept children's, which costs an exp per kept child, not per child.
-        parent_lp, kept = lp, 0.0
+        parent_lp, kept, below_floor = lp, 0.0, 0
         node = -1
         for j in range(count):
             child = children[start + j]
             if child < num_leaves and buf[j] < floor:
+                below_floor += 1
                 continue
             if not admissible(
                 child, buf[j], num_leaves, leaf_rank, lo, hi, banned, node_marks, min_lp
@@ -468,7 +470,12 @@ def best_first(
             node, lp = (child, buf[j]) if better else (node, lp)
             size = heap_push(heap_lp, heap_node, size, push_lp, push_node)
         if wide:
-            mass += kept - exp_nonpositive(parent_lp)
+            # Leaves below the floor cannot be among the k words, but neither are they returned,
+            # and a search stopped early may return words less probable than they are: keep a
+            # bound on their mass (each is below the floor; together at most the node's mass
+            # not kept), so ``mass`` bounds every qualifying word not returned.
+            left = exp_nonpositive(parent_lp) - kept
+            mass += min(below_floor * np.exp(floor), max(left, 0.0)) - left
         if node >= 0 and size > 0 and heap_lp[0] > lp:
             # The heap's top beats the held node: swap them in one sift instead of a push
             # and a pop (this alone was ~9 % of a top-10 search at V = 33k).

@@ -101,7 +101,9 @@ class SuggestResponse(BaseModel):
     partial_word: str = Field(description="the typed characters the suggestions complete")
     exact: bool = Field(description="false when the budget or expansion cap stopped the search")
     expansions: int
-    unexplored_mass: float = Field(description="upper bound on the probability not examined")
+    unexplored_mass: float = Field(
+        description="upper bound on the total probability of the qualifying words not returned"
+    )
     timing_ms: Timing
     model: ModelRef
 

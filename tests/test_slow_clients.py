@@ -269,6 +269,21 @@ def test_slow_bodies_do_not_fill_the_requests_in_flight(port: int) -> None:
             sock.close()
 
 
+def connections_released(port: int, within_s: float = 10.0) -> bool:
+    """Whether the server accepts a new connection again within ``within_s``: the sockets the
+    tests before closed count against ``MAX_CONNECTIONS`` until the server has read their end,
+    which takes a moment on a slow machine (a connection past the limit gets 503)."""
+    stop = time.monotonic() + within_s
+    while time.monotonic() < stop:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if status_of(sock) == 200:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def test_keep_alive_requests_still_work(port: int) -> None:
+    assert connections_released(port)
     normal = Normal(port)
     assert [normal.ask() for _ in range(3)] == [200, 200, 200]
