@@ -282,7 +282,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         model_cfg, train_cfg = recipe.build(len(corpus.vocab), model_over, train_over)
         first_run = first_run_for(train_cfg, recipe.first_run)
         if first_run is not None:
-            train_cfg, first = train_word_vectors(args.out, corpus, model_cfg, train_cfg, first_run)
+            train_cfg, first, _ = train_word_vectors(
+                args.out, corpus, model_cfg, train_cfg, first_run
+            )
             if _is_main_process():
                 print(f"word vectors for the clustered tree: {describe(first)}")
         result = train(args.out, corpus, model_cfg, train_cfg)
@@ -462,9 +464,8 @@ def _train_run(
 ) -> TrainResult:
     """Train the build's run, or resume it; first, when the recipe's clustered tree needs
     them, the word vectors (:mod:`model_export.wordvectors`), the bar showing both as one."""
-    from model_export.progress import RunShare
     from model_export.train import LAST, Reporter, describe, train
-    from model_export.wordvectors import first_run_for, first_run_share, train_word_vectors
+    from model_export.wordvectors import first_run_for, train_word_vectors
 
     budget = _picked(args, ["max_minutes", "max_tokens", "progress"])
     if (run_dir / LAST).exists():
@@ -473,13 +474,12 @@ def _train_run(
     recipe = get_recipe(args.recipe)
     model_cfg, train_cfg = recipe.build(len(corpus.vocab), {}, budget)
     first_run = None if start is not None else first_run_for(train_cfg, recipe.first_run)
-    reporter: Reporter = bar
+    reporter: Reporter | None = bar
     if first_run is not None:
-        share = first_run_share(train_cfg, first_run)
-        train_cfg, first = train_word_vectors(run_dir, corpus, model_cfg, train_cfg, first_run, bar)
+        train_cfg, first, reporter = train_word_vectors(
+            run_dir, corpus, model_cfg, train_cfg, first_run, bar
+        )
         bar.write(f"word vectors for the clustered tree: {describe(first)}")
-        seconds = first.minutes * 60
-        reporter = RunShare(bar, start=share, share=1 - share, tokens=first.tokens, seconds=seconds)
     return train(run_dir, corpus, model_cfg, train_cfg, reporter=reporter, init=start)
 
 

@@ -10,15 +10,15 @@ from its ``last.pt``, so a build stopped during it picks up where it was.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from model_export.checkpoint import load_checkpoint
 from model_export.data import Corpus
 from model_export.model import ModelConfig
 from model_export.progress import RunShare
-from model_export.train import BEST, LAST, Reporter, TrainConfig, TrainResult, train
+from model_export.train import BEST, LAST, LOG, Reporter, TrainConfig, TrainResult, train
 
 VECTORS_DIR = "vectors"
 """The first run's directory, inside the main run's."""
@@ -30,16 +30,20 @@ def first_run_for(cfg: TrainConfig, first_run: dict[str, Any] | None) -> dict[st
 
 
 def first_run_summary(run_dir: Path) -> dict[str, Any] | None:
-    """Tokens and minutes of the first run in ``run_dir``, if it has one (for the manifest)."""
-    path = run_dir / VECTORS_DIR / LAST
+    """Tokens, minutes and best validation perplexity of the first run in ``run_dir``, if it
+    has one (for the manifest), from its validation log: a run validates once more at its end,
+    so the log's last line is where it stopped."""
+    path = run_dir / VECTORS_DIR / LOG
     if not path.exists():
         return None
-    saved = load_checkpoint(path).train or {}
-    progress = saved.get("progress", {})
+    lines = path.read_text(encoding="utf-8").splitlines()
+    log = [json.loads(line) for line in lines if line.strip()]
+    if not log:
+        return None
     return {
-        "tokens": progress.get("tokens"),
-        "minutes": round(progress.get("elapsed", 0.0) / 60, 2),
-        "valid_ppl": progress.get("best_valid"),
+        "tokens": log[-1]["tokens"],
+        "minutes": round(log[-1]["minutes"], 2),
+        "valid_ppl": min(record["valid_ppl"] for record in log),
     }
 
 
@@ -59,13 +63,14 @@ def train_word_vectors(
     cfg: TrainConfig,
     first_run: dict[str, Any],
     reporter: Reporter | None = None,
-) -> tuple[TrainConfig, TrainResult]:
+) -> tuple[TrainConfig, TrainResult, Reporter | None]:
     """Train (or finish) the first run; return the main run's config, whose ``tree_from`` is
-    the first run's best checkpoint, and the first run's result.
+    the first run's best checkpoint, the first run's result, and the main run's reporter.
 
     The first run has the main run's model and settings with a Huffman tree and the fields of
-    ``first_run`` (its budget). ``reporter`` gets the first run's progress as its share of the
-    whole (:func:`first_run_share`); the caller reports the main run's as the rest.
+    ``first_run`` (its budget). ``reporter`` gets both runs' progress as one: the first run's
+    as its share of the whole (:func:`first_run_share`), the main run's as the rest through
+    the reporter returned (None without ``reporter``).
     """
     vectors_dir = run_dir / VECTORS_DIR
     share = first_run_share(cfg, first_run)
@@ -75,4 +80,10 @@ def train_word_vectors(
     else:
         first_cfg = replace(cfg, tree="huffman", tree_from=None, **first_run)
         result = train(vectors_dir, corpus, model_cfg, first_cfg, reporter=part)
-    return replace(cfg, tree_from=str(vectors_dir / BEST)), result
+    rest = None
+    if reporter is not None:
+        seconds = result.minutes * 60
+        rest = RunShare(
+            reporter, start=share, share=1 - share, tokens=result.tokens, seconds=seconds
+        )
+    return replace(cfg, tree_from=str(vectors_dir / BEST)), result, rest

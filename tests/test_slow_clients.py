@@ -85,6 +85,27 @@ def status_of(sock: socket.socket, timeout_s: float = 5.0) -> int | None:
     return int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else None
 
 
+def connections_released(port: int, within_s: float = 10.0) -> bool:
+    """Whether the server accepts a new connection again within ``within_s``: the sockets a
+    test closed count against ``MAX_CONNECTIONS`` until the server has read their end, which
+    takes a moment on a slow machine (a connection past the limit gets 503)."""
+    stop = time.monotonic() + within_s
+    while time.monotonic() < stop:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if status_of(sock) == 200:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(autouse=True)
+def released(port: int) -> Iterator[None]:
+    """After each test, the server takes new connections again: its hostile clients are gone."""
+    yield
+    assert connections_released(port)
+
+
 class Normal:
     """A keep-alive client that reads each answer whole (http.client), timing each request."""
 
@@ -269,21 +290,6 @@ def test_slow_bodies_do_not_fill_the_requests_in_flight(port: int) -> None:
             sock.close()
 
 
-def connections_released(port: int, within_s: float = 10.0) -> bool:
-    """Whether the server accepts a new connection again within ``within_s``: the sockets the
-    tests before closed count against ``MAX_CONNECTIONS`` until the server has read their end,
-    which takes a moment on a slow machine (a connection past the limit gets 503)."""
-    stop = time.monotonic() + within_s
-    while time.monotonic() < stop:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            if status_of(sock) == 200:
-                return True
-        time.sleep(0.05)
-    return False
-
-
 def test_keep_alive_requests_still_work(port: int) -> None:
-    assert connections_released(port)
     normal = Normal(port)
     assert [normal.ask() for _ in range(3)] == [200, 200, 200]
