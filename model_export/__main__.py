@@ -283,7 +283,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         first_run = first_run_for(train_cfg, recipe.first_run)
         if first_run is not None:
             train_cfg, first, _ = train_word_vectors(
-                args.out, corpus, model_cfg, train_cfg, first_run
+                args.out,
+                corpus,
+                model_cfg,
+                train_cfg,
+                first_run,
+                first_model=recipe.first_run_model,
             )
             if _is_main_process():
                 print(f"word vectors for the clustered tree: {describe(first)}")
@@ -477,7 +482,7 @@ def _train_run(
     reporter: Reporter | None = bar
     if first_run is not None:
         train_cfg, first, reporter = train_word_vectors(
-            run_dir, corpus, model_cfg, train_cfg, first_run, bar
+            run_dir, corpus, model_cfg, train_cfg, first_run, bar, recipe.first_run_model
         )
         bar.write(f"word vectors for the clustered tree: {describe(first)}")
     return train(run_dir, corpus, model_cfg, train_cfg, reporter=reporter, init=start)

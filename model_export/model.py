@@ -100,6 +100,14 @@ class ModelConfig:
         """``S``: the width of one layer's packed recurrent state."""
         return 2 * self.hidden_size if self.cell == "lstm" else self.hidden_size
 
+    def recurrent_macs_per_token(self) -> int:
+        """Multiply-adds of the recurrent layers per token, the bulk of a step's compute with a
+        tree head (one gate matrix per LSTM/GRU gate over the layer's input and state)."""
+        gates = 4 if self.cell == "lstm" else 3
+        first = self.emb_size + self.hidden_size
+        rest = (self.layers - 1) * 2 * self.hidden_size
+        return gates * self.hidden_size * (first + rest)
+
     @property
     def tied(self) -> bool:
         return self.head == "full" and self.tie_weights and self.output_size == self.emb_size

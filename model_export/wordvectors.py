@@ -47,12 +47,14 @@ def first_run_summary(run_dir: Path) -> dict[str, Any] | None:
     }
 
 
-def first_run_share(cfg: TrainConfig, first_run: dict[str, Any]) -> float:
+def first_run_share(cfg: TrainConfig, first_run: dict[str, Any], cost_ratio: float = 1.0) -> float:
     """The first run's part of the whole training, for one progress estimate over both: by
-    token budgets when both runs have one, else a quarter."""
+    token budgets, each token of the first run costing ``cost_ratio`` of the main run's, when
+    both runs have one; else a quarter."""
     first_tokens, main_tokens = first_run.get("max_tokens"), cfg.max_tokens
     if first_tokens and main_tokens:
-        return float(first_tokens / (first_tokens + main_tokens))
+        first_cost = first_tokens * cost_ratio
+        return float(first_cost / (first_cost + main_tokens))
     return 0.25
 
 
@@ -63,23 +65,27 @@ def train_word_vectors(
     cfg: TrainConfig,
     first_run: dict[str, Any],
     reporter: Reporter | None = None,
+    first_model: dict[str, Any] | None = None,
 ) -> tuple[TrainConfig, TrainResult, Reporter | None]:
     """Train (or finish) the first run; return the main run's config, whose ``tree_from`` is
     the first run's best checkpoint, the first run's result, and the main run's reporter.
 
-    The first run has the main run's model and settings with a Huffman tree and the fields of
-    ``first_run`` (its budget). ``reporter`` gets both runs' progress as one: the first run's
-    as its share of the whole (:func:`first_run_share`), the main run's as the rest through
-    the reporter returned (None without ``reporter``).
+    The first run has the main run's model with the fields of ``first_model`` (a smaller
+    shape) and its settings with a Huffman tree and the fields of ``first_run`` (its budget).
+    ``reporter`` gets both runs' progress as one: the first run's as its share of the whole
+    (:func:`first_run_share`, a token of each model costing its recurrent multiply-adds), the
+    main run's as the rest through the reporter returned (None without ``reporter``).
     """
     vectors_dir = run_dir / VECTORS_DIR
-    share = first_run_share(cfg, first_run)
+    first_model_cfg = replace(model_cfg, **(first_model or {}))
+    cost_ratio = first_model_cfg.recurrent_macs_per_token() / model_cfg.recurrent_macs_per_token()
+    share = first_run_share(cfg, first_run, cost_ratio)
     part = None if reporter is None else RunShare(reporter, start=0.0, share=share)
     if (vectors_dir / LAST).exists():
         result = train(vectors_dir, corpus, None, None, resume=True, reporter=part)
     else:
         first_cfg = replace(cfg, tree="huffman", tree_from=None, **first_run)
-        result = train(vectors_dir, corpus, model_cfg, first_cfg, reporter=part)
+        result = train(vectors_dir, corpus, first_model_cfg, first_cfg, reporter=part)
     rest = None
     if reporter is not None:
         seconds = result.minutes * 60

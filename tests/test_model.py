@@ -219,3 +219,12 @@ def test_hs_needs_a_tree_over_the_same_vocabulary() -> None:
         LanguageModel(ModelConfig(vocab_size=V))
     with pytest.raises(ConfigError, match="leaves"):
         LanguageModel(ModelConfig(vocab_size=V + 1), TREES["huffman"])
+
+
+@pytest.mark.parametrize(("cell", "layers"), [("lstm", 1), ("lstm", 2), ("gru", 2)])
+def test_recurrent_macs_per_token_counts_the_gate_weights(cell: str, layers: int) -> None:
+    # One multiply-add per element of every input-to-hidden and hidden-to-hidden matrix.
+    cfg = ModelConfig(vocab_size=50, cell=cell, emb_size=12, hidden_size=20, layers=layers)
+    rnn = Encoder(cfg).rnn
+    weights = sum(p.numel() for name, p in rnn.named_parameters() if name.startswith("weight"))
+    assert cfg.recurrent_macs_per_token() == weights

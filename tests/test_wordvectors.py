@@ -17,6 +17,7 @@ from service.bundle import load_bundle
 from tests.test_model_export_cli import own_text
 
 FIRST_TOKENS = 2_000
+FIRST_HIDDEN = 16  # the first run's model is smaller than the main run's (tiny: 24)
 
 
 @pytest.fixture
@@ -27,6 +28,7 @@ def clustered_recipe(monkeypatch: pytest.MonkeyPatch) -> str:
         model=tiny.model,
         train={**tiny.train, "tree": "clustered", "max_tokens": 3_000},
         first_run={"max_tokens": FIRST_TOKENS},
+        first_run_model={"hidden_size": FIRST_HIDDEN},
     )
     monkeypatch.setitem(recipes.RECIPES, "tiny-clustered", recipe)
     return "tiny-clustered"
@@ -44,6 +46,8 @@ def test_the_share_of_the_first_run_follows_the_token_budgets() -> None:
     cfg = TrainConfig(tree="clustered", max_tokens=8_000_000)
     assert first_run_share(cfg, {"max_tokens": 2_000_000}) == pytest.approx(0.2)
     assert first_run_share(TrainConfig(max_minutes=10), {"max_tokens": 1}) == 0.25
+    # A first-run token at a third of the main run's cost: 2 M of them weigh as 2/3 M.
+    assert first_run_share(cfg, {"max_tokens": 2_000_000}, 1 / 3) == pytest.approx(1 / 13)
 
 
 def test_build_trains_the_vectors_then_the_clustered_model(
@@ -61,10 +65,12 @@ def test_build_trains_the_vectors_then_the_clustered_model(
 
     first = load_checkpoint(run / VECTORS_DIR / LAST)
     assert first.tree_kind == "huffman"
+    assert first.model.config.hidden_size == FIRST_HIDDEN  # the recipe's smaller first model
     assert first.train is not None
     assert first.train["progress"]["tokens"] >= FIRST_TOKENS
     main_run = load_checkpoint(run / BEST)
     assert main_run.tree_kind == "clustered"
+    assert main_run.model.config.hidden_size == recipes.RECIPES["tiny"].model["hidden_size"]
     bundle = load_bundle(out)
     assert bundle.manifest["tree"]["kind"] == "clustered"
     recorded = bundle.manifest["metrics"]["training"]["first_run"]
