@@ -114,8 +114,8 @@ def coverage(corpus: Corpus, caps: list[int]) -> dict[str, Any]:
         row: dict[str, Any] = {"max_vocab": cap, "vocab_size": kept + len(SPECIAL)}
         for split in ("valid", "test"):
             ids = corpus.split(split)
-            # ``<unk>`` already: words without an id, and WikiText-2's literal ``<unk>``.
-            lost = int((rank[ids] >= kept).sum() + (ids == corpus.unk_id).sum())
+            # As the manifest counts OOV: words without an id, not a literal ``<unk>`` in the text.
+            lost = int((rank[ids] >= kept).sum()) + corpus.oov.get(split, 0)
             row[f"{split}_oov"] = round(lost / len(ids), 5)
         edge = np.flatnonzero(rank == kept - 1)
         row["last_word_train_count"] = int(corpus.counts[edge[0]]) if edge.size else None
@@ -124,6 +124,9 @@ def coverage(corpus: Corpus, caps: list[int]) -> dict[str, Any]:
         "tokens": {split: len(corpus.split(split)) for split in ("train", "valid", "test")},
         "word_types": words,
         "types_seen_once": int(((corpus.counts == 1) & ~special).sum()),
+        "test_literal_unk": round(
+            float((corpus.test == corpus.unk_id).mean()) - corpus.oov_rate("test"), 5
+        ),
         "caps": rows,
     }
 
@@ -155,7 +158,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         covered = {
-            name: coverage(read_corpus(path, CorpusOptions()).corpus, args.caps)
+            name: coverage(read_corpus(path, CorpusOptions(max_vocab=None)).corpus, args.caps)
             for name, path in corpora(args, Path(scratch)).items()
         }
     for name, report in covered.items():

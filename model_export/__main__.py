@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from model_export.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model_export.corpus import (
+    DEFAULT_MAX_VOCAB,
     DEFAULT_VALID_FRACTION,
     FORMATS,
     CorpusOptions,
@@ -157,6 +158,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _vocab_cap(value: str) -> int | None:
+    """``--max-vocab``: a number, or ``none`` for no cap (whether it is at least 2 is
+    :class:`CorpusOptions`'s to say)."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from None
+
+
 def _add_corpus(parser: argparse.ArgumentParser) -> None:
     """The flags of ``build`` that say what to train on (:mod:`model_export.corpus`)."""
     formats = ", ".join(FORMATS[1:])
@@ -185,10 +197,10 @@ def _add_corpus(parser: argparse.ArgumentParser) -> None:
         "keeps the recipe's seed)",
     )  # fmt: skip
     parser.add_argument(
-        "--max-vocab", type=int, default=None, metavar="N",
+        "--max-vocab", type=_vocab_cap, default=DEFAULT_MAX_VOCAB, metavar="N|none",
         help="keep at most N word types, <eos> and <unk> included, the most frequent in train "
-        "(default: no cap, so WikiText-2 keeps its published 33,278 and no cap was measured to "
-        "pay off; the embeddings and the tree grow with N, so a large corpus may want one)",
+        f"(default {DEFAULT_MAX_VOCAB:,}, chosen by benchmarks/vocab_cap.py: WikiText-2 keeps "
+        "its published 33,278; 'none': no cap)",
     )  # fmt: skip
     parser.add_argument(
         "--min-count", type=int, default=1, metavar="N",
@@ -407,7 +419,7 @@ def _start_model(args: argparse.Namespace) -> Checkpoint | None:
     init = getattr(args, "init", None)
     if init is None:
         return None
-    if args.max_vocab is not None or args.min_count != 1:
+    if args.max_vocab != DEFAULT_MAX_VOCAB or args.min_count != 1:
         raise ConfigError("--init keeps the model's vocabulary: drop --max-vocab and --min-count")
     run_dir = args.run_dir or Path("runs") / args.out.name
     from model_export.finetune import load_start

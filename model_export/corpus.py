@@ -49,6 +49,12 @@ from service.text import tokenize
 FORMATS = ("auto", "wikitext", "text", "text-dir", "jsonl")
 WIKITEXT_FILES = tuple(f"{split}.txt" for split in SPLITS)
 DEFAULT_VALID_FRACTION = 0.05
+DEFAULT_MAX_VOCAB = 50_000
+"""The vocabulary cap when none is given, ``<eos>`` and ``<unk>`` included. Measured by
+``benchmarks/vocab_cap.py`` (README, *Vocabulary*): the default model trains at 1.00x its
+WikiText-2 (V = 33,278) speed there, 0.36x at V = 100,000 and 0.12x at 1,000,000 (Adam updates
+every embedding and tree row each step), so the cap sits above WikiText-2's vocabulary and
+below the steep part; words past it were seen a handful of times."""
 HINTS = {
     "text": "documents are separated by blank lines",
     "text-dir": "each .txt file is one document",
@@ -69,7 +75,8 @@ class CorpusOptions:
     valid_fraction: float = DEFAULT_VALID_FRACTION
     """Of the documents, for valid and again for test; in (0, 0.5) so train keeps some."""
     seed: int = 0
-    max_vocab: int | None = None
+    max_vocab: int | None = DEFAULT_MAX_VOCAB
+    """None: no cap."""
     min_count: int = 1
     max_tokens: int | None = None
     """Keep only the first units of each split, up to this many tokens (smoke runs)."""

@@ -1,11 +1,12 @@
 """Named training recipes: a model shape plus how to train it, chosen by measurement.
 
 ``default`` is what ``make serve`` builds on a fresh machine (a fixed budget of training tokens,
-about 11-18 minutes on 2 CPU cores, its clustered tree's first run included); ``quality`` is the
-documented longer recipe (about an hour); ``tiny`` is the seconds-long recipe the tests use.
-Budgets are in tokens so that the same recipe and seed give the same model on any machine, busy
-or not; ``--max-minutes`` remains an explicit option. The measurements behind the choices are in
-the README.
+about 11-19 minutes on 2 CPU cores, its clustered tree's first run included); ``quality`` is the
+documented longer recipe (about 30 minutes, an hour at most); ``tiny`` is the seconds-long
+recipe the tests use. Budgets are in tokens so that the same recipe and seed give the same model
+on a machine however busy it is (another CPU's float rounding can change a clustered tree:
+within 1 % of test ppl across the two machines measured); ``--max-minutes`` remains an explicit
+option. The measurements behind the choices are in the README.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from model_export.__main__ import EXIT_ERROR, main
+from model_export.__main__ import EXIT_ERROR, _parser, main
 from model_export.checkpoint import load_checkpoint
-from model_export.corpus import CorpusOptions, read_corpus
+from model_export.corpus import DEFAULT_MAX_VOCAB, CorpusOptions, read_corpus
 from service.bundle import MANIFEST_FILE, BundleError, load_bundle
 from service.text import TOKENIZER, TOKENIZER_VERSION
 
@@ -190,3 +190,17 @@ def test_build_refuses_to_run_under_torchrun(
     assert main(["build", "--corpus", str(corpus), "--out", str(tmp_path / "b")]) == 2
     assert "does not run under torchrun" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_max_vocab_defaults_to_the_measured_cap_and_none_lifts_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    build = ["build", "--corpus", "notes.txt", "--out", "bundles/notes"]
+    assert _parser().parse_args(build).max_vocab == DEFAULT_MAX_VOCAB
+    assert CorpusOptions().max_vocab == DEFAULT_MAX_VOCAB  # the library reads as the CLI does
+    assert _parser().parse_args([*build, "--max-vocab", "None"]).max_vocab is None
+    assert _parser().parse_args([*build, "--max-vocab", "5000"]).max_vocab == 5000
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args([*build, "--max-vocab", "lots"])
+    assert exited.value.code == 2
+    assert "expected a number or 'none', got 'lots'" in capsys.readouterr().err
