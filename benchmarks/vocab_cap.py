@@ -89,15 +89,16 @@ def time_sizes(sizes: list[int], recipe: str, rounds: int, steps: int) -> dict[i
             entry[4] = carry
             if round_ > 0:
                 rates[size].append(tokens / (time.perf_counter() - start))
-    return {
-        size: {
+    results = {}
+    for size in sizes:
+        parameters = sum(p.numel() for p in models[size][0].parameters())
+        results[size] = {
             "median_tokens_per_s": round(statistics.median(rates[size]), 1),
             "tokens_per_s": [round(rate, 1) for rate in rates[size]],
-            "parameters": sum(p.numel() for p in models[size][0].parameters()),
-            "parameter_mb": round(sum(p.numel() for p in models[size][0].parameters()) * 4e-6, 1),
+            "parameters": parameters,
+            "parameter_mb": round(parameters * 4e-6, 1),
         }
-        for size in sizes
-    }
+    return results
 
 
 def coverage(corpus: Corpus, caps: list[int]) -> dict[str, Any]:
