@@ -120,6 +120,16 @@ class CacheDistribution(NamedTuple):
         out[found] = self.probs[at[found]]
         return out
 
+    def mix(self, ids: IntArray, tree_logprobs: F64Array, lam: float) -> F64Array:
+        """``log P_mix`` of ``ids`` (int64) from their tree log-probabilities (float64):
+        ``mixture_log_probs(tree_logprobs, self.probs_of(ids), lam)``, in one compiled pass."""
+        _check_lam(lam)
+        if lam == 0.0:
+            return np.array(tree_logprobs, dtype=np.float64)
+        out = np.empty(ids.shape[0], dtype=np.float64)
+        kernels.mixed_log_probs(ids, tree_logprobs, self.ids, self.probs, lam, out)
+        return out
+
 
 class ContinuousCache:
     """One session's last ``size`` pairs ``(h_i, w_{i+1})`` in a ring buffer, and ``p_cache``.
@@ -344,7 +354,8 @@ def warm_up(hidden_size: int) -> None:
         cache = ContinuousCache(8, hidden_size, theta=1.0, dtype=dtype)
         cache.add(h, np.arange(8))  # sorts afresh
         cache.add(h[:1], [4])  # moves one slot
-        cache.distribution(h[0])
+        found = cache.distribution(h[0])
+        found.mix(np.arange(2), np.zeros(2), 0.5)
 
 
 def _shared_length(a: IntArray, b: IntArray) -> int:

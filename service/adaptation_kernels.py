@@ -115,3 +115,36 @@ def put_int8(steps: I8Array, scale: F32Array, slots: IntArray, hiddens: F32Array
         scale[slot] = step
         for t in range(row.shape[0]):
             steps[slot, t] = np.int8(min(max(np.rint(row[t] / step), -top), top))
+
+
+@kernel_jit()
+def mixed_log_probs(
+    ids: IntArray,
+    tree_lps: F64Array,
+    cache_ids: IntArray,
+    cache_probs: F64Array,
+    lam: float,
+    out: F64Array,
+) -> None:
+    """``out[n] = log((1 - lam) exp(tree_lps[n]) + lam p_cache(ids[n]))``, where ``p_cache``
+    is ``cache_probs`` at ``ids[n]`` in the ascending ``cache_ids``, 0 if absent (``0 < lam <
+    1``): :func:`service.adaptation.mixture_log_probs` of a lookup, in one call instead of ten
+    numpy ones (each of which costs ~5 µs on a keystroke's cold path)."""
+    keep, share = np.log1p(-lam), np.log(lam)
+    size = cache_ids.shape[0]
+    for n in range(ids.shape[0]):
+        word = ids[n]
+        lo, hi = 0, size
+        while lo < hi:  # the first cached id >= word
+            mid = (lo + hi) // 2
+            if cache_ids[mid] < word:
+                lo = mid + 1
+            else:
+                hi = mid
+        a = keep + tree_lps[n]
+        if lo == size or cache_ids[lo] != word or cache_probs[lo] <= 0.0:
+            out[n] = a
+            continue
+        b = share + np.log(cache_probs[lo])
+        top = max(a, b)
+        out[n] = top + np.log1p(np.exp(-abs(a - b)))  # np.logaddexp's formula

@@ -85,6 +85,19 @@ class TopK(NamedTuple):
     unexplored_mass: float
     """Upper bound on the total probability of the qualifying words not returned: those never
     examined, and those a wide node's expansion found below the k-th best of its own leaves."""
+    frontier: _Frontier | None = None
+    """Where the search stopped, for :func:`more` (None: it cannot be continued)."""
+
+
+@dataclass(frozen=True)
+class _Frontier:
+    """A finished search's heap, left in its thread's scratch arrays: valid while the scratch
+    still names it as its owner (any other search there takes ownership first)."""
+
+    fixed: SearchArgs
+    size: int
+    expansions: int
+    mass: float
 
 
 @dataclass(frozen=True)
@@ -211,6 +224,8 @@ class _Scratch:
         self.buf: F64Array = np.empty(buf_size, dtype=np.float64)
         self.marks: MarkArray = np.zeros(kernels.marks_words(num_nodes), dtype=np.uint64)
         self._marked: tuple[IntArray, int, int] | None = None
+        self.owner: _Frontier | None = None
+        """The search whose heap and marks these arrays hold, if it may be continued."""
 
     def grow_heap(self) -> None:
         """Double the heap arrays, keeping their contents (a search resumes on them)."""
@@ -395,6 +410,7 @@ def top_k(
     # for a one-word suggestion, so it avoids avoidable calls: each one here is ~0.1-0.5 µs.
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
+    dt._scratch().owner = None  # this search's heap and marks replace any continuable one's
     fixed: SearchArgs = (
         *dt.arrays,
         _as_hidden(dt, hidden),
@@ -409,15 +425,47 @@ def top_k(
     size, n_out, expansions, mass = dt._start_search(
         *fixed, scratch.heap_lp, scratch.heap_node, out_ids, out_lp, k, stop, scratch.buf
     )
-    if n_out < k and size > 0:  # the first call stopped before the search ended
-        progress = (size, n_out, expansions, stop, mass)
-        return _resume(dt, fixed, cap, deadline, out_ids, out_lp, progress)
-    if n_out < k:
-        out_ids, out_lp = out_ids[:n_out], out_lp[:n_out]
-    return TopK(out_ids, out_lp, expansions, True, mass)
+    progress = (size, n_out, expansions, stop, mass)
+    return _finish(dt, fixed, cap, deadline, out_ids, out_lp, progress)
 
 
-def _resume(
+def more(
+    dt: DecodeTree,
+    found: TopK,
+    k: int,
+    *,
+    max_expansions: int | None = None,
+    deadline: float | None = None,
+) -> TopK | None:
+    """The ``k`` best words of the search that gave ``found``, continued from where it stopped
+    rather than started again (its first words are ``found``'s), or None where it cannot be
+    continued: :func:`top_k` then gives the same words from the start.
+
+    Exact because the frontier is unchanged: best-first search pops words in descending order
+    whatever ``k`` it was given, except at wide nodes, which prune leaves below the k-th best
+    of their own (:func:`service.decode_kernels.leaf_floor`), so trees with wide nodes are
+    never continued. ``max_expansions`` counts the continued search's expansions in all.
+    """
+    frontier = found.frontier
+    scratch = dt._scratch()
+    if frontier is None or scratch.owner is not frontier or k <= len(found.ids):
+        return None
+    n_out = len(found.ids)
+    out_ids = np.empty(k, np.int64)
+    out_lp = np.empty(k, np.float64)
+    out_ids[:n_out], out_lp[:n_out] = found.ids, found.logprobs
+    cap = _UNLIMITED if max_expansions is None else max(int(max_expansions), 0)
+    expansions = frontier.expansions
+    stop = cap if deadline is None else min(cap, expansions + CHUNK_EXPANSIONS)
+    size, n_out, expansions, mass = kernels.best_first(
+        *frontier.fixed, scratch.heap_lp, scratch.heap_node, frontier.size,
+        out_ids, out_lp, n_out, k, expansions, frontier.mass, stop, scratch.buf,
+    )  # fmt: skip
+    progress = (size, n_out, expansions, stop, mass)
+    return _finish(dt, frontier.fixed, cap, deadline, out_ids, out_lp, progress)
+
+
+def _finish(
     dt: DecodeTree,
     fixed: SearchArgs,
     cap: int,
@@ -426,8 +474,10 @@ def _resume(
     out_lp: F64Array,
     progress: tuple[int, int, int, int, float],
 ) -> TopK:
-    """Continue a search that stopped on a chunk boundary or a full heap, until it ends, the
-    deadline passes or ``cap`` expansions are spent (then fill up greedily, inexact)."""
+    """The result of a search that returned from the kernels with ``progress``. One that stopped
+    on a chunk boundary or a full heap is continued until it ends, the deadline passes or
+    ``cap`` expansions are spent (then filled up greedily, inexact); an exact one is left
+    continuable (:func:`more`) where that stays exact."""
     size, n_out, expansions, stop, mass = progress
     k = out_ids.shape[0]
     scratch = dt._scratch()
@@ -448,7 +498,12 @@ def _resume(
             *fixed, scratch.heap_lp, scratch.heap_node, size,
             out_ids, out_lp, n_out, k, expansions, mass, stop, scratch.buf,
         )  # fmt: skip
-    return TopK(out_ids[:n_out], out_lp[:n_out], expansions, exact, mass)
+    found = TopK(out_ids[:n_out], out_lp[:n_out], expansions, exact, mass)
+    if exact and size > 0 and dt.max_children < kernels.WIDE_NODE:
+        frontier = _Frontier(fixed, size, expansions, found.unexplored_mass)
+        scratch.owner = frontier
+        return found._replace(frontier=frontier)
+    return found
 
 
 # -- phrases -----------------------------------------------------------------------------------
@@ -561,8 +616,9 @@ def warm_up(dt: DecodeTree) -> None:
 def _warm_up_continuation(dt: DecodeTree, h: F32Array, prefix: str | None) -> None:
     """Compile the resumable kernel: real requests reach it only when a search outlasts one chunk
     (a one-letter prefix often does), and compiling it then stalls that request for seconds."""
-    fixed = (*dt.arrays, h, dt.num_words, *_make_filter(dt, 0.0, prefix, True, None))
     scratch = dt._scratch()
+    scratch.owner = None
+    fixed = (*dt.arrays, h, dt.num_words, *_make_filter(dt, 0.0, prefix, True, None))
     out_ids = np.empty(1, dtype=np.int64)
     out_lp = np.empty(1, dtype=np.float64)
     size, n_out, expansions, mass = kernels.start_search(

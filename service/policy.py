@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import decode
-from service.adaptation import CacheDistribution, mixture_log_probs
+from service.adaptation import CacheDistribution
 from service.forms import MIN_CLITIC_PROB, After, WordForms
 from service.sessions import Shown
 
@@ -186,6 +186,9 @@ class SuggestionPolicy:
         self.classes = WordClasses.of(vocab)
         self.forms = WordForms.of(vocab)
         self._split_floor = math.log(len(self.forms.clitic_ids) + 1)
+        # Per word, for _floors: what a split may take from a host, and 1.0 for a capital.
+        self._split_cost = np.where(self.forms.is_host, self._split_floor, 0.0)
+        self._capital_ones = self.classes.capitalised.astype(np.float64)
         self.sentence_end_ids = frozenset(i for i, t in enumerate(vocab) if t in SENTENCE_END)
         always = np.zeros(len(vocab), dtype=bool)
         always[np.asarray(banned_ids, dtype=np.int64)] = True
@@ -265,8 +268,14 @@ class SuggestionPolicy:
         n = k + self._held_in_tree(request) + (_SPARE if lowered else 0)
         if cache is not None and not prefix:
             n *= _CACHE_FETCH_FACTOR
+        found: decode.TopK | None = None
         while True:
-            found = decode.top_k(
+            # A longer list continues the last search where it can (decode.more), rather than
+            # searching again from the root for the words it already has.
+            longer = None if found is None else decode.more(
+                dt, found, n, max_expansions=max_expansions, deadline=deadline
+            )  # fmt: skip
+            found = longer if longer is not None else decode.top_k(
                 dt, hidden, n, min_prob=tree_min_prob, prefix=prefix or None,
                 case_insensitive=request.case_insensitive, banned=banned,
                 max_expansions=max_expansions, deadline=deadline,
@@ -372,7 +381,7 @@ class SuggestionPolicy:
         cache = request.cache
         assert cache is not None
         lam, dist = cache.lam, cache.distribution
-        mixed = mixture_log_probs(tree_lps, dist.probs_of(ids), lam)
+        mixed = dist.mix(ids, tree_lps, lam)
         uncached_mass = (1.0 - lam) * math.exp(bound)
         floors = self._floors(request, ids, mixed)
         kth = floors[k - 1] if len(floors) >= k else -math.inf
@@ -394,11 +403,8 @@ class SuggestionPolicy:
             kth = floors[k - 1] if len(floors) >= k else -math.inf
             if others_p[start] < _cache_floor(kth, uncached_mass, lam):
                 break
-            part = slice(start, start + _CACHE_LOOKUPS)
-            chunk, chunk_p = others[part], others_p[part]
-            chunk_lps = mixture_log_probs(
-                decode.word_log_probs(request.dt, hidden, chunk), chunk_p, lam
-            )
+            chunk = others[start : start + _CACHE_LOOKUPS]
+            chunk_lps = dist.mix(chunk, decode.word_log_probs(request.dt, hidden, chunk), lam)
             found_ids.append(chunk)
             found_lps.append(chunk_lps)
             floors = sorted([*floors, *self._floors(request, chunk, chunk_lps)])[::-1]
@@ -409,10 +415,11 @@ class SuggestionPolicy:
         split can take from its best part (its bare word and forms share its probability: one
         has 1 / (forms + 1) of it), then a capital's penalty. Left out: held words, and words
         whose best part may fall below ``min_prob`` (dropped, they fill no slot)."""
-        part_lps = lps - np.where(self.forms.is_host[ids], self._split_floor, 0.0)
-        kept = np.fromiter(((i,) not in request.held for i in ids.tolist()), bool, len(ids))
-        kept &= part_lps >= request.min_lp
-        lowest = part_lps - np.where(self.classes.capitalised[ids], request.penalty, 0.0)
+        part_lps = lps - self._split_cost[ids]
+        kept = part_lps >= request.min_lp
+        if request.held:
+            kept &= np.fromiter(((i,) not in request.held for i in ids.tolist()), bool, len(ids))
+        lowest = part_lps - request.penalty * self._capital_ones[ids]
         floors: list[float] = np.sort(lowest[kept])[::-1].tolist()
         return floors
 

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service import decode
-from service.adaptation import CacheConfig, ContinuousCache, SessionAdaptation, mixture_log_probs
+from service.adaptation import CacheConfig, ContinuousCache, SessionAdaptation
 from service.batcher import Batcher
 from service.bundle import Bundle
 from service.policy import Mixture, PolicyConfig, SuggestionPolicy
@@ -330,7 +330,7 @@ class Predictor:
         tree_lps = decode.word_log_probs(self.tree, hidden, ids)
         if mixture is None:
             return tree_lps
-        return mixture_log_probs(tree_lps, mixture.distribution.probs_of(ids), mixture.lam)
+        return mixture.distribution.mix(ids, tree_lps, mixture.lam)
 
     def warm_up(self) -> None:
         """Take every request path once (encoder shapes, compiled decode variants, sessions)."""

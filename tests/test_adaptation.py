@@ -233,3 +233,24 @@ def test_mixture_probabilities_sum_to_one(num_words: int, lam: float, seed: int)
     dist = cache.distribution(rng.standard_normal(4))
     mixed = mixture_log_probs(tree_lp, dist.probs_of(np.arange(num_words)), session_lam(cache, lam))
     assert np.exp(mixed).sum() == pytest.approx(1.0, abs=1e-12)
+
+
+@given(
+    num_words=st.integers(1, 60),
+    lam=st.sampled_from([0.0, 1e-9, 0.275, 0.9]),
+    seed=st.integers(0, 2**32 - 1),
+)
+@SETTINGS
+def test_mix_equals_the_numpy_formula(num_words: int, lam: float, seed: int) -> None:
+    # CacheDistribution.mix is the compiled lookup-and-mix the policy uses on every keystroke.
+    rng = np.random.default_rng(seed)
+    cache = ContinuousCache(int(rng.integers(1, 30)), 4, theta=float(rng.uniform(0, 3)))
+    pairs = int(rng.integers(1, 40))
+    cache.add(rng.standard_normal((pairs, 4)), rng.integers(0, num_words, pairs))
+    dist = cache.distribution(rng.standard_normal(4))
+    ids = rng.integers(0, num_words + 5, int(rng.integers(0, 12)))  # some never cached
+    tree_lp = -rng.exponential(5.0, ids.size)
+    expected = mixture_log_probs(tree_lp, dist.probs_of(ids), lam)
+    np.testing.assert_allclose(dist.mix(ids, tree_lp, lam), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="lam"):
+        dist.mix(ids, tree_lp, 1.0)

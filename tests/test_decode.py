@@ -302,6 +302,58 @@ def test_banned_words_are_skipped_exactly(
     assert_exact_top(with_prefix, np.where(banned, -np.inf, filtered), k)
 
 
+# -- continuing a search ------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    case=cases(),
+    k=st.integers(1, 6),
+    more_k=st.integers(1, 20),
+    prefix=st.sampled_from(["", "a", "B", "ab"]),
+    share=st.floats(0.0, 0.5),
+    tiny_heap=st.booleans(),
+)
+def test_continued_search_equals_a_fresh_longer_one(
+    case: Case, k: int, more_k: int, prefix: str, share: float, tiny_heap: bool
+) -> None:
+    banned = case.rng.random(case.dt.num_words) < share
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decode, "_HEAP_START", 1 if tiny_heap else decode._HEAP_START)
+        dt = DecodeTree(case.dt.tree, case.dt.weight, case.dt.bias, case.dt.vocab, case.dt.factors)
+        first = top_k(dt, case.hidden, k, prefix=prefix or None, banned=banned)
+        longer = decode.more(dt, first, k + more_k)
+    expected = np.where(banned, -np.inf, prefix_scores(case, prefix, True))
+    if first.frontier is None:
+        assert longer is None
+        # Only wide nodes (they prune below their k-th best leaf) or a search that ran out.
+        assert dt.max_children >= kernels.WIDE_NODE or np.isfinite(expected).sum() <= k
+        return
+    assert dt.max_children < kernels.WIDE_NODE
+    assert longer is not None
+    assert longer.ids[:k].tolist() == first.ids.tolist()
+    assert_exact_top(longer, expected, k + more_k)
+    fresh = top_k(dt, case.hidden, k + more_k, prefix=prefix or None, banned=banned)
+    np.testing.assert_array_equal(longer.logprobs, fresh.logprobs)
+    assert longer.expansions <= fresh.expansions + first.expansions
+
+
+def test_a_search_in_between_ends_the_continuation() -> None:
+    rng = np.random.default_rng(7)
+    tree = merge_tree(40, 2, rng)
+    dt = DecodeTree(tree, *make_weights("gaussian", 39, 3, rng), make_vocab(40, rng))
+    hidden = rng.standard_normal(3).astype(np.float32)
+    first = top_k(dt, hidden, 2)
+    assert first.frontier is not None
+    top_k(dt, hidden, 3, prefix="a")  # reuses the thread's heap and marks
+    assert decode.more(dt, first, 5) is None
+    second = top_k(dt, hidden, 2)
+    assert decode.more(dt, second, 2) is None  # no longer than it already is
+    capped = decode.more(dt, second, 30, max_expansions=second.expansions)
+    assert capped is not None
+    assert not capped.exact  # the cap counts the first part's expansions too
+
+
 def test_ban_mask_and_bad_arguments() -> None:
     rng = np.random.default_rng(2)
     dt = DecodeTree(merge_tree(10, 2, rng), *make_weights("gaussian", 9, 3, rng))
