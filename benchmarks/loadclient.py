@@ -167,6 +167,7 @@ class Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.closed = False
         self.requests = 0  # sent on this connection
+        self.head = b""  # the last response's status line and headers, lowercased
 
     @classmethod
     async def open(cls, port: int) -> Connection:
@@ -199,6 +200,7 @@ class Connection(asyncio.Protocol):
         body = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
         status = int(head[9:12])
+        self.head = head
         waiter, self.waiter = self.waiter, None
         if not waiter.done():
             waiter.set_result((status, body))
