@@ -53,14 +53,20 @@ def parse_args() -> argparse.Namespace:
         help="the text repeated (default: train.txt of WikiText-2, found as the build finds it)",
     )  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=20_000, help="training budget")
-    parser.add_argument("--valid-fraction", type=float, default=0.001)
-    parser.add_argument("--recipe", default="tiny")
+    parser.add_argument(
+        "--valid-fraction", type=float, default=0.001, help="of the corpus held out for validation"
+    )
+    parser.add_argument(
+        "--recipe", default="tiny", help="the build's recipe (model_export build --help lists them)"
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None,
         help="where the corpus, run, bundle and id files go (default: a temporary directory, "
         "removed afterwards)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=RESULTS / "corpus_memory.json")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "corpus_memory.json", help="result file"
+    )
     return parser.parse_args()
 
 

@@ -414,15 +414,32 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles/default")
+    parser.add_argument(
+        "--bundle", type=Path, default=ROOT / "bundles/default", help="trained bundle (V = 33k row)"
+    )
     parser.add_argument("--data", default=None, help="WikiText-2 dir (else $NEXTWORD_DATA)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
-    parser.add_argument("--dims", type=int, nargs="+", default=list(DIMS))
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=list(SIZES),
+        help="vocabulary sizes of synthetic trees",
+    )
+    parser.add_argument(
+        "--dims", type=int, nargs="+", default=list(DIMS), help="hidden sizes of synthetic trees"
+    )
     parser.add_argument("--samples", type=int, default=256, help="hidden vectors per config")
-    parser.add_argument("--target-ppl", type=float, default=150.0)
+    parser.add_argument(
+        "--target-ppl",
+        type=float,
+        default=150.0,
+        help="synthetic weights scaled to this perplexity",
+    )
     parser.add_argument("--budget-s", type=float, default=16.0, help="seconds per config")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/decode.json")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks/results/decode.json", help="result file"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     return parser.parse_args()
 
 

@@ -8,7 +8,12 @@ with :func:`benchmarks.decode.time_side_by_side` (methods take turns, one thread
 * ``complete``: the same with the first two letters of the word that really came next (only
   positions whose next word has two letters or more);
 * ``ort``: the full-softmax baseline of ``benchmarks/decode.py``, onnxruntime ``MatMul -> Add ->
-  TopK(10)`` over a random ``(d, V)`` matrix, in the same run.
+  TopK(10)`` over a random ``(d, V)`` matrix, in the same run;
+* ``stream``: every row the head stores (its nodes' rows, a factored node's projection and rows)
+  multiplied by the hidden vector once, float32 BLAS, no search at all. An exact search that
+  opens every node (the adaptive head's top-10 opens every cluster: a tail cluster's
+  probability beats the 10th word's) must read all of it, so ``ort / stream`` is the most any
+  exact top-10 over that head can gain on the full softmax on this machine.
 
 Work per search, counted from the brute-force distribution rather than timed: an exact best-first
 search expands exactly the admissible nodes at least as probable as its last result, so
@@ -31,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads BLAS: 1 thread, as the tree
 
 import argparse  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -118,11 +124,13 @@ def bench(
     out_t = rng.standard_normal((dt.hidden_size, dt.num_words), dtype=np.float32)
     ort_run = ort_topk(out_t, np.zeros(dt.num_words, dtype=np.float32))
     single = [np.ascontiguousarray(h[None, :]) for h in hidden]
+    stream, stream_bytes = stream_rows(bundle.tree, bundle.weight, bundle.factors, dt.hidden_size)
     times = time_side_by_side(
         {
             "top10": lambda i: top_k(dt, hidden[i], K),
             "complete": lambda i: top_k(dt, hidden[typed[i]], K, prefix=prefixes[typed[i]]),
             "ort": lambda i: ort_run(single[i]),
+            "stream": lambda i: stream(hidden[i]),
         },
         min(len(hidden), len(typed)),
         budget_s,
@@ -135,12 +143,38 @@ def bench(
         "d": dt.hidden_size,
         "factored_nodes": 0 if bundle.factors is None else len(bundle.factors),
         "bundle_mb": round(sum(f.stat().st_size for f in path.iterdir()) / 2**20, 1),
+        "stream_mb": round(stream_bytes / 2**20, 1),
         **{name: summary(us) for name, us in times.items()},
         **work,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     row["top10_speedup_vs_ort"] = round(row["ort"]["median_us"] / row["top10"]["median_us"], 1)
+    row["stream_speedup_vs_ort"] = round(row["ort"]["median_us"] / row["stream"]["median_us"], 1)
     return row
+
+
+def stream_rows(
+    tree: Tree, weight: npt.NDArray[np.float32], factors: Factors | None, dim: int
+) -> tuple[Callable[[npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]], int]:
+    """One pass of BLAS over every row the head's nodes store (the unfactored nodes' rows, then
+    each factor's), and the bytes it reads."""
+    # Node i's rows are weight[child_ptr[i] - i : child_ptr[i + 1] - i - 1] (``service.tree``'s
+    # convention); a factored node's rows there are unused, its factor holds them.
+    stored = np.ones(len(weight), dtype=bool)
+    for node in [] if factors is None else factors.node:
+        stored[tree.child_ptr[node] - node : tree.child_ptr[node + 1] - node - 1] = False
+    dense = np.ascontiguousarray(weight[stored])
+    pairs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
+    if factors is not None:
+        for f, rank in enumerate(factors.rank):
+            proj = factors.proj[factors.proj_ptr[f] : factors.proj_ptr[f + 1]]
+            rows = factors.rows[factors.rows_ptr[f] : factors.rows_ptr[f + 1]]
+            pairs.append((proj.reshape(rank, dim), rows.reshape(-1, rank)))
+
+    def run(h: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        return [dense @ h, *(rows @ (proj @ h) for proj, rows in pairs)]
+
+    return run, dense.nbytes + sum(p.nbytes + q.nbytes for p, q in pairs)
 
 
 def count_work(
@@ -183,16 +217,20 @@ def count_work(
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'bundle':<15}{'top10 med':>10}{'p99':>9}{'compl med':>10}{'p99':>9}{'ort med':>9}"
-        f"{'x ort':>7}{'exp':>7}{'products':>11}{'MB':>6}"
+        f"{'x ort':>7}{'stream':>8}{'x ort':>7}{'exp':>7}{'products':>11}{'MB':>6}"
     )
     for r in rows:
         print(
             f"{r['name']:<15}{r['top10']['median_us']:>10.1f}{r['top10']['p99_us']:>9.1f}"
             f"{r['complete']['median_us']:>10.1f}{r['complete']['p99_us']:>9.1f}"
             f"{r['ort']['median_us']:>9.1f}{r['top10_speedup_vs_ort']:>7.1f}"
+            f"{r['stream']['median_us']:>8.1f}{r['stream_speedup_vs_ort']:>7.1f}"
             f"{r['top10_expansions']:>7.1f}{r['top10_products']:>11,}{r['bundle_mb']:>6.1f}"
         )
-    print("(µs per call, 1 thread; exp / products: per top-10 search; x ort = ort / top10)")
+    print(
+        "(µs per call, 1 thread; exp / products: per top-10 search; x ort = ort / top10, "
+        "then ort / stream)"
+    )
 
 
 def main() -> None:
@@ -201,7 +239,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="WikiText-2 directory (validation words)")
     parser.add_argument("--samples", type=int, default=512, help="validation positions")
     parser.add_argument("--budget-s", type=float, default=12.0, help="timing seconds per bundle")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--result", default="head_decode", help="results/<name>.json")
     args = parser.parse_args()
 

@@ -298,8 +298,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bundle", default=os.environ.get("NEXTWORD_BUNDLE"), help="bundle dir")
     parser.add_argument("--data", default=os.environ.get("NEXTWORD_DATA"), help="wikitext-2 dir")
     parser.add_argument("--requests", type=int, default=3000, help="keystrokes per mode")
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/http_latency.json")
+    parser.add_argument("--warmup", type=int, default=200, help="keystrokes not counted")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks/results/http_latency.json",
+        help="result file",
+    )
     parser.add_argument("--serve-minimal", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args()
 

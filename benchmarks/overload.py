@@ -376,14 +376,20 @@ def parse_args() -> argparse.Namespace:
     add_bundle_args(parser)
     parser.add_argument("--factor", type=float, default=3.0, help="x saturation offered")
     parser.add_argument("--users", type=int, default=32, help="closed-loop users (saturation)")
-    parser.add_argument("--saturation-s", type=float, default=20.0)
-    parser.add_argument("--overload-s", type=float, default=30.0)
-    parser.add_argument("--recovery-limit-s", type=float, default=120.0)
+    parser.add_argument(
+        "--saturation-s", type=float, default=20.0, help="seconds measuring saturation"
+    )
+    parser.add_argument("--overload-s", type=float, default=30.0, help="seconds overloaded")
+    parser.add_argument(
+        "--recovery-limit-s", type=float, default=120.0, help="give up waiting for recovery after"
+    )
     parser.add_argument(
         "--max-connections", type=int, default=1000, help="the client's pool (server: 1,024)"
     )
     parser.add_argument("--preopen", type=int, default=1000, help="connections open at first")
-    parser.add_argument("--skip-unguarded", action="store_true")
+    parser.add_argument(
+        "--skip-unguarded", action="store_true", help="only the server with its guards on"
+    )
     parser.add_argument("--name", default="overload", help="results file name")
     args = parser.parse_args()
     if not args.bundle or not args.data:

@@ -52,7 +52,7 @@ def summarise(bundle: Path, run_dir: Path) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("bundle", type=Path)
+    parser.add_argument("bundle", type=Path, help="the bundle the run exported")
     parser.add_argument("--run-dir", type=Path, required=True, help="holds log.jsonl")
     parser.add_argument("--name", default=None, help="results/NAME.json (default recipe_<recipe>)")
     args = parser.parse_args()

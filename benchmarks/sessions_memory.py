@@ -324,8 +324,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--connections", type=int, default=16, help="connections per process")
-    parser.add_argument("--session-cache-size", type=int, default=1024)
-    parser.add_argument("--context-cache-size", type=int, default=4096)
+    parser.add_argument(
+        "--session-cache-size", type=int, default=1024, help="the server's session LRU"
+    )
+    parser.add_argument(
+        "--context-cache-size", type=int, default=4096, help="the server's context LRU"
+    )
     parser.add_argument("--skip-full", action="store_true", help="no full-cache phases")
     parser.add_argument("--name", default="sessions_memory", help="results file name")
     parser.add_argument(

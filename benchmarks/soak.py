@@ -134,8 +134,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=600, help="soak seconds")
     parser.add_argument("--fraction", type=float, default=0.7, help="of the saturation rate")
     parser.add_argument("--users", type=int, default=100, help="simulated typists in the soak")
-    parser.add_argument("--users-saturation", type=int, default=32)
-    parser.add_argument("--saturation-s", type=int, default=30)
+    parser.add_argument(
+        "--users-saturation", type=int, default=32, help="closed-loop users (step 1)"
+    )
+    parser.add_argument(
+        "--saturation-s", type=int, default=30, help="seconds measuring saturation (step 1)"
+    )
     parser.add_argument("--saturation-rps", type=float, help="skip step 1: use this rate")
     parser.add_argument("--name", default="soak", help="results file name")
     parser.add_argument(

@@ -31,7 +31,7 @@ from model_export.checkpoint import load_checkpoint  # noqa: E402
 from model_export.data import Corpus, load_corpus  # noqa: E402
 from model_export.datadir import resolve_data_dir  # noqa: E402
 from model_export.evaluate import evaluate_checkpoint  # noqa: E402
-from model_export.recipes import get_recipe  # noqa: E402
+from model_export.recipes import RECIPES, get_recipe  # noqa: E402
 from model_export.train import BEST, LAST, train  # noqa: E402
 
 # name -> (head, tree); "clustered" must come after "huffman", whose embeddings it clusters.
@@ -86,13 +86,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--recipe", default="default")
-    parser.add_argument("--max-tokens", type=int, required=True)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--data", default=None, help="WikiText-2 dir (else $NEXTWORD_DATA)")
+    parser.add_argument(
+        "--recipe", default="default", choices=list(RECIPES), help="model and training budget"
+    )
+    parser.add_argument("--max-tokens", type=int, required=True, help="training tokens per variant")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+        help="output heads to train (default: all)",
+    )  # fmt: skip
     parser.add_argument("--topk-tokens", type=int, default=20_000, help="0 = every target")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the recipe's)")
+    parser.add_argument(
+        "--runs", type=Path, default=ROOT / "runs" / "compare", help="one run directory per variant"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--data-tokens", type=int, default=None, help="corpus slice (smoke runs)")
     parser.add_argument("--result", default="train_compare", help="results/<name>.json")

@@ -61,8 +61,12 @@ def _options(parser: Any) -> None:
     group.add_argument("--rate", type=float, default=200.0, help="requests/s in all (0: max)")
     group.add_argument("--text", default="", help="text file to type (default: WikiText-2 test)")
     group.add_argument("--p99-ms", type=float, default=10.0, help="latency budget for p99")
-    group.add_argument("--max-error-ratio", type=float, default=0.0)
-    group.add_argument("--rate-tolerance", type=float, default=0.05)
+    group.add_argument(
+        "--max-error-ratio", type=float, default=0.0, help="failed requests allowed, of all"
+    )
+    group.add_argument(
+        "--rate-tolerance", type=float, default=0.05, help="shortfall of the rate allowed"
+    )
     group.add_argument("--warmup-s", type=float, default=2.0, help="not counted in the rate")
     group.add_argument("--samples-out", default="", help="CSV of every request")
     group.add_argument("--verdict-out", default="", help="JSON verdict")

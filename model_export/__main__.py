@@ -115,7 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model into a run directory")
     _add_data(train)
     train.add_argument("--out", required=True, type=Path, help="run directory (best.pt, last.pt)")
-    train.add_argument("--recipe", default="default", help="tiny, default or quality")
+    train.add_argument(
+        "--recipe", default="default", choices=list(RECIPES),
+        help="training budget and model size (default: %(default)s)",
+    )  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     for name, (kind, help_text) in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
         flag = f"--{name.replace('_', '-')}"
@@ -130,21 +133,26 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     ev = sub.add_parser("eval", help="perplexity and top-k accuracy of a checkpoint")
-    ev.add_argument("checkpoint", type=Path)
+    ev.add_argument("checkpoint", type=Path, help="best.pt or last.pt of a run")
     _add_data(ev)
-    ev.add_argument("--split", action="append", choices=["train", "valid", "test"])
+    ev.add_argument(
+        "--split", action="append", choices=["train", "valid", "test"],
+        help="split to evaluate; repeat for several (default: test)",
+    )  # fmt: skip
     ev.add_argument("--topk-tokens", type=int, default=TOPK_TOKENS, help=TOPK_HELP)
     ev.add_argument("--json", type=Path, default=None, help="also write the results here")
 
     ex = sub.add_parser("export", help="write a serving bundle from a checkpoint")
-    ex.add_argument("checkpoint", type=Path)
-    ex.add_argument("--out", required=True, type=Path)
+    ex.add_argument("checkpoint", type=Path, help="best.pt or last.pt of a run")
+    ex.add_argument("--out", required=True, type=Path, help="bundle directory to write")
     ex.add_argument("--metrics", type=Path, default=None, help="eval JSON to put in the manifest")
-    ex.add_argument("--name", default=None)
+    ex.add_argument(
+        "--name", default=None, help="model name in the manifest (default: the bundle directory's)"
+    )
     ex.add_argument("--force", action="store_true", help="replace an existing bundle")
 
     dl = sub.add_parser("download", help="fetch WikiText-2 (needs network)")
-    dl.add_argument("--to", required=True, type=Path)
+    dl.add_argument("--to", required=True, type=Path, help="directory to unpack WikiText-2 into")
 
     build = sub.add_parser("build", help="train, evaluate and export a bundle from any corpus")
     _add_corpus(build)

@@ -45,7 +45,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     serve.add_argument(
         "--workers", type=int, help="server processes (default: $NEXTWORD_WORKERS or 1)"
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="server log level (default: %(default)s)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 

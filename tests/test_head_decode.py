@@ -13,6 +13,7 @@ from benchmarks.head_decode import (
     node_products,
     prefix_admissible,
     search_work,
+    stream_rows,
 )
 from service.bundle import load_bundle
 from service.decode import DecodeTree, top_k
@@ -45,3 +46,23 @@ def test_factored_nodes_cost_their_rank() -> None:
     factors = Factors(tree, 8, [0], [2], np.zeros(16), np.zeros(6))
     assert node_products(tree, None, 8).tolist() == [24.0, 16.0]
     assert node_products(tree, factors, 8).tolist() == [2 * (8 + 3), 16.0]
+
+
+def test_stream_reads_every_stored_row_once() -> None:
+    tree = Tree(6, [0, 4, 7], [0, 1, 2, 3, 4, 5, 6])  # node 0: 4 words; the root: 2 words + node 0
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((5, 8)).astype(np.float32)  # rows 0-2: node 0, 3-4: the root
+    proj, rows = rng.standard_normal(16), rng.standard_normal(6)
+    h = rng.standard_normal(8).astype(np.float32)
+
+    run, nbytes = stream_rows(tree, weight, None, 8)
+    assert nbytes == weight.nbytes
+    np.testing.assert_allclose(np.concatenate(run(h)), weight @ h, rtol=1e-6)
+
+    factors = Factors(tree, 8, [0], [2], proj, rows)
+    run, nbytes = stream_rows(tree, weight, factors, 8)
+    assert nbytes == 4 * (2 * 8 + 16 + 6)  # the root's two rows, then node 0's factor
+    root, tail = run(h)
+    np.testing.assert_allclose(root, weight[3:] @ h, rtol=1e-6)
+    expected = rows.reshape(3, 2) @ (proj.reshape(2, 8) @ h)
+    np.testing.assert_allclose(tail, expected, rtol=1e-5)
