@@ -159,7 +159,8 @@ def stream_rows(
     """One pass of BLAS over every row the head's nodes store (the unfactored nodes' rows, then
     each factor's), and the bytes it reads."""
     # Node i's rows are weight[child_ptr[i] - i : child_ptr[i + 1] - i - 1] (``service.tree``'s
-    # convention); a factored node's rows there are unused, its factor holds them.
+    # convention); a factored node's rows there hold Q_f P_f multiplied out, for readers that
+    # ignore factors (bundle format 2): the search reads its factor instead.
     stored = np.ones(len(weight), dtype=bool)
     for node in [] if factors is None else factors.node:
         stored[tree.child_ptr[node] - node : tree.child_ptr[node + 1] - node - 1] = False
