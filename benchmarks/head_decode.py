@@ -9,11 +9,12 @@ with :func:`benchmarks.decode.time_side_by_side` (methods take turns, one thread
   positions whose next word has two letters or more);
 * ``ort``: the full-softmax baseline of ``benchmarks/decode.py``, onnxruntime ``MatMul -> Add ->
   TopK(10)`` over a random ``(d, V)`` matrix, in the same run;
-* ``stream``: every row the head stores (its nodes' rows, a factored node's projection and rows)
-  multiplied by the hidden vector once, float32 BLAS, no search at all. An exact search that
-  opens every node (the adaptive head's top-10 opens every cluster: a tail cluster's
-  probability beats the 10th word's) must read all of it, so ``ort / stream`` is the most any
-  exact top-10 over that head can gain on the full softmax on this machine.
+* ``stream``: every row the search reads when it opens every node (an unfactored node's rows, a
+  factored node's projection and rows) multiplied by the hidden vector once, float32 BLAS, no
+  search at all. An exact search that opens every node (the adaptive head's top-10 opens every
+  cluster: a tail cluster's probability beats the 10th word's) must read all of it, so
+  ``ort / stream`` is the most any exact top-10 over that head can gain on the full softmax on
+  this machine.
 
 Work per search, counted from the brute-force distribution rather than timed: an exact best-first
 search expands exactly the admissible nodes at least as probable as its last result, so
@@ -156,8 +157,8 @@ def bench(
 def stream_rows(
     tree: Tree, weight: npt.NDArray[np.float32], factors: Factors | None, dim: int
 ) -> tuple[Callable[[npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]], int]:
-    """One pass of BLAS over every row the head's nodes store (the unfactored nodes' rows, then
-    each factor's), and the bytes it reads."""
+    """One pass of BLAS over every row a search that opens every node reads (the unfactored
+    nodes' rows, then each factor's), and the bytes it reads."""
     # Node i's rows are weight[child_ptr[i] - i : child_ptr[i + 1] - i - 1] (``service.tree``'s
     # convention); a factored node's rows there hold Q_f P_f multiplied out, for readers that
     # ignore factors (bundle format 2): the search reads its factor instead.
