@@ -125,7 +125,7 @@ def bench(
     out_t = rng.standard_normal((dt.hidden_size, dt.num_words), dtype=np.float32)
     ort_run = ort_topk(out_t, np.zeros(dt.num_words, dtype=np.float32))
     single = [np.ascontiguousarray(h[None, :]) for h in hidden]
-    stream, stream_bytes = stream_rows(bundle.tree, bundle.weight, bundle.factors, dt.hidden_size)
+    stream, stream_bytes = stream_rows(bundle.tree, bundle.weight, bundle.factors)
     times = time_side_by_side(
         {
             "top10": lambda i: top_k(dt, hidden[i], K),
@@ -155,23 +155,19 @@ def bench(
 
 
 def stream_rows(
-    tree: Tree, weight: npt.NDArray[np.float32], factors: Factors | None, dim: int
+    tree: Tree, weight: npt.NDArray[np.float32], factors: Factors | None
 ) -> tuple[Callable[[npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]], int]:
     """One pass of BLAS over every row a search that opens every node reads (the unfactored
     nodes' rows, then each factor's), and the bytes it reads."""
-    # Node i's rows are weight[child_ptr[i] - i : child_ptr[i + 1] - i - 1] (``service.tree``'s
-    # convention); a factored node's rows there hold Q_f P_f multiplied out, for readers that
-    # ignore factors (bundle format 2): the search reads its factor instead.
+    # Node i's rows are weight[child_ptr[i] - i :][: c_i - 1] (``service.tree``'s convention); a
+    # factored node's rows there hold Q_f P_f multiplied out, for readers that ignore factors
+    # (bundle format 2): the search reads its factor instead.
+    pairs = [] if factors is None else [factors.matrices(f) for f in range(len(factors))]
     stored = np.ones(len(weight), dtype=bool)
-    for node in [] if factors is None else factors.node:
-        stored[tree.child_ptr[node] - node : tree.child_ptr[node + 1] - node - 1] = False
+    for node, (_, rows) in zip([] if factors is None else factors.node, pairs, strict=True):
+        first = tree.child_ptr[node] - node
+        stored[first : first + len(rows)] = False
     dense = np.ascontiguousarray(weight[stored])
-    pairs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
-    if factors is not None:
-        for f, rank in enumerate(factors.rank):
-            proj = factors.proj[factors.proj_ptr[f] : factors.proj_ptr[f + 1]]
-            rows = factors.rows[factors.rows_ptr[f] : factors.rows_ptr[f + 1]]
-            pairs.append((proj.reshape(rank, dim), rows.reshape(-1, rank)))
 
     def run(h: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
         return [dense @ h, *(rows @ (proj @ h) for proj, rows in pairs)]

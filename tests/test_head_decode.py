@@ -55,12 +55,12 @@ def test_stream_reads_every_stored_row_once() -> None:
     proj, rows = rng.standard_normal(16), rng.standard_normal(6)
     h = rng.standard_normal(8).astype(np.float32)
 
-    run, nbytes = stream_rows(tree, weight, None, 8)
+    run, nbytes = stream_rows(tree, weight, None)
     assert nbytes == weight.nbytes
     np.testing.assert_allclose(np.concatenate(run(h)), weight @ h, rtol=1e-6)
 
     factors = Factors(tree, 8, [0], [2], proj, rows)
-    run, nbytes = stream_rows(tree, weight, factors, 8)
+    run, nbytes = stream_rows(tree, weight, factors)
     assert nbytes == 4 * (2 * 8 + 16 + 6)  # the root's two rows, then node 0's factor
     root, tail = run(h)
     np.testing.assert_allclose(root, weight[3:] @ h, rtol=1e-6)
