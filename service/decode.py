@@ -61,7 +61,8 @@ search, and the same few short prefixes start most words a keyboard completes.""
 
 SHARED_MARKS_BYTES = 32 << 20
 """Memory for shared node marks, a bitset over the tree's nodes each (8 KiB at V = 33k, where
-all 242 case-folded prefixes with 64 words or more take 2 MiB)."""
+all 242 case-folded prefixes with 64 words or more and the 104 exact-case ones starting with a
+capital take 2.7 MiB)."""
 
 _UNLIMITED = 1 << 62
 _MAX_CHAR = chr(0x10FFFF)
@@ -168,11 +169,14 @@ class _SharedMarks:
     kernels' ``node_marks``). Banned words are marked too (the marks do not depend on a
     request's bans); the search still never pushes a banned leaf.
 
-    The case-folded prefixes with the most words (what a keyboard sends) are marked up front
-    in one block, as much of it as ``max_bytes`` allows: built on first use instead, each
-    cost a request up to ~2 ms, mostly faulting in fresh memory. Other prefixes (exact-case
-    ones, or more than the block holds) are built on first use and kept in an LRU within the
-    rest of the memory; an evicted array stays valid for a search still reading it.
+    The prefixes with the most words that a keyboard sends, case-folded ones and (given
+    ``exact``) exact-case ones that start with a capital, which is how :mod:`service.policy`
+    searches after a typed capital, are marked up front in one block, as much of it as
+    ``max_bytes`` allows: built on first use instead, each cost a request up to ~2 ms, mostly
+    faulting in fresh memory (an exact-case capital one 0.1-0.4 ms more than its next use at
+    V = 33k, which put sentence starts of a freshly started server in its keystroke tail).
+    Other prefixes (or more than the block holds) are built on first use and kept in an LRU
+    within the rest of the memory; an evicted array stays valid for a search still reading it.
     """
 
     def __init__(
@@ -181,17 +185,26 @@ class _SharedMarks:
         max_bytes: int,
         preload: _PrefixIndex | None = None,
         min_words: int = 1,
+        *,
+        exact: _PrefixIndex | None = None,
     ) -> None:
+        """``preload`` is the case-folded index, ``exact`` the exact-case one."""
         self.parent = parent
         self.words = kernels.marks_words(len(parent))
         slots = max(1, max_bytes // (8 * self.words))
-        popular = [] if preload is None else preload.popular(min_words)[: slots // 2]
-        order = _NO_RANKS if preload is None else preload.order
+        popular: list[tuple[bool, _PrefixIndex, str, int, int]] = []
+        if preload is not None:
+            popular += [(True, preload, *found) for found in preload.popular(min_words)]
+        if exact is not None:
+            capitals = (found for found in exact.popular(min_words) if found[0][:1].isupper())
+            popular += [(False, exact, *found) for found in capitals]
+        popular.sort(key=lambda item: item[3] - item[4])  # most words first
+        del popular[slots // 2 :]
         self.block: MarkArray = np.zeros((len(popular), self.words), dtype=np.uint64)
         self._fixed: dict[tuple[bool, str], MarkArray] = {}
-        for row, (key, lo, hi) in enumerate(popular):
-            kernels.mark_ancestors(order, lo, hi, parent, _NO_BANS, self.block[row], True)
-            self._fixed[(True, key)] = self.block[row]
+        for row, (folded, index, key, lo, hi) in enumerate(popular):
+            kernels.mark_ancestors(index.order, lo, hi, parent, _NO_BANS, self.block[row], True)
+            self._fixed[(folded, key)] = self.block[row]
         self.capacity = max(1, slots - len(popular))
         self._recent: OrderedDict[tuple[bool, str], MarkArray] = OrderedDict()
         self._lock = threading.Lock()
@@ -288,8 +301,9 @@ class DecodeTree:
         self._local = threading.local()
         self._start_search: Callable[..., tuple[int, int, int, float]] = self._first_search
         self._shared_marks = _SharedMarks(
-            tree.parent, SHARED_MARKS_BYTES, self._folded, SHARED_MARKS_MIN_WORDS
-        )
+            tree.parent, SHARED_MARKS_BYTES, self._folded, SHARED_MARKS_MIN_WORDS,
+            exact=self._exact,
+        )  # fmt: skip
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> DecodeTree:

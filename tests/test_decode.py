@@ -570,14 +570,22 @@ def test_popular_prefixes_are_every_prefix_with_enough_words() -> None:
         assert sizes == sorted(sizes, reverse=True)  # most words first
 
 
+def marks_case(
+    seed: int, num_leaves: int
+) -> tuple[DecodeTree, decode._PrefixIndex, decode._PrefixIndex, int]:
+    """A small tree with a vocabulary, its folded and exact prefix indexes, and marks' words."""
+    rng = np.random.default_rng(seed)
+    tree = merge_tree(num_leaves, 2, rng)
+    weights = make_weights("gaussian", num_leaves - 1, 3, rng)
+    dt = DecodeTree(tree, *weights, make_vocab(num_leaves, rng))
+    assert dt._folded is not None
+    assert dt._exact is not None
+    return dt, dt._folded, dt._exact, kernels.marks_words(tree.num_nodes)
+
+
 def test_shared_marks_preload_popular_prefixes_and_keep_an_lru_of_others() -> None:
-    rng = np.random.default_rng(5)
-    tree = merge_tree(40, 2, rng)
-    dt = DecodeTree(tree, *make_weights("gaussian", 39, 3, rng), make_vocab(40, rng))
-    folded, exact = dt._folded, dt._exact
-    assert folded is not None
-    assert exact is not None
-    words = kernels.marks_words(tree.num_nodes)
+    dt, folded, exact, words = marks_case(5, 40)
+    tree = dt.tree
     marks = decode._SharedMarks(tree.parent, 8 * words * 6, folded, min_words=4)
     popular = folded.popular(4)[:3]  # half of the six slots
     assert len(popular) == 3
@@ -601,6 +609,26 @@ def test_shared_marks_preload_popular_prefixes_and_keep_an_lru_of_others() -> No
     assert len(marks._recent) == 3
     assert get("a") is not first  # evicted, so built again
     assert np.array_equal(get("a"), first)
+
+
+def test_shared_marks_preload_exact_case_prefixes_that_start_with_a_capital() -> None:
+    dt, folded, exact, words = marks_case(7, 60)
+    tree = dt.tree
+    marks = decode._SharedMarks(tree.parent, 8 * words * 64, folded, 2, exact=exact)
+    capitals = [found for found in exact.popular(2) if found[0][:1].isupper()]
+    lowercase = [found for found in exact.popular(2) if not found[0][:1].isupper()]
+    assert capitals
+    assert lowercase
+    for key, lo, hi in capitals:
+        got = marks.get(exact, key, False, lo, hi)
+        assert got is marks._fixed[(False, key)]  # preloaded, not built on first use
+        matching = {i for i, w in enumerate(dt.vocab or []) if w.startswith(key)}
+        nodes = set(marked_nodes(got, tree.num_nodes).tolist())
+        assert {n for n in nodes if n < tree.num_leaves} == matching
+    key, lo, hi = lowercase[0]
+    marks.get(exact, key, False, lo, hi)  # exact-case lowercase: an LRU entry, built on use
+    assert (False, key) not in marks._fixed
+    assert (False, key) in marks._recent
 
 
 def test_request_marks_are_cleared_between_requests() -> None:
