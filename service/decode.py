@@ -173,9 +173,8 @@ class _SharedMarks:
     ``exact``) exact-case ones that start with a capital, which is how :mod:`service.policy`
     searches after a typed capital, are marked up front in one block, as much of it as
     ``max_bytes`` allows: built on first use instead, each cost a request up to ~2 ms, mostly
-    faulting in fresh memory (an exact-case capital one 0.1-0.4 ms more than its next use at
-    V = 33k, which put sentence starts of a freshly started server in its keystroke tail).
-    Other prefixes (or more than the block holds) are built on first use and kept in an LRU
+    faulting in fresh memory (for an exact-case ``C`` at V = 33k, ~0.2 ms of a first search's
+    0.7). Other prefixes (or more than the block holds) are built on first use and kept in an LRU
     within the rest of the memory; an evicted array stays valid for a search still reading it.
     """
 
@@ -183,18 +182,17 @@ class _SharedMarks:
         self,
         parent: IntArray,
         max_bytes: int,
-        preload: _PrefixIndex | None = None,
+        folded: _PrefixIndex | None = None,
         min_words: int = 1,
         *,
         exact: _PrefixIndex | None = None,
     ) -> None:
-        """``preload`` is the case-folded index, ``exact`` the exact-case one."""
         self.parent = parent
         self.words = kernels.marks_words(len(parent))
         slots = max(1, max_bytes // (8 * self.words))
         popular: list[tuple[bool, _PrefixIndex, str, int, int]] = []
-        if preload is not None:
-            popular += [(True, preload, *found) for found in preload.popular(min_words)]
+        if folded is not None:
+            popular += [(True, folded, *found) for found in folded.popular(min_words)]
         if exact is not None:
             capitals = (found for found in exact.popular(min_words) if found[0][:1].isupper())
             popular += [(False, exact, *found) for found in capitals]
@@ -202,9 +200,9 @@ class _SharedMarks:
         del popular[slots // 2 :]
         self.block: MarkArray = np.zeros((len(popular), self.words), dtype=np.uint64)
         self._fixed: dict[tuple[bool, str], MarkArray] = {}
-        for row, (folded, index, key, lo, hi) in enumerate(popular):
+        for row, (is_folded, index, key, lo, hi) in enumerate(popular):
             kernels.mark_ancestors(index.order, lo, hi, parent, _NO_BANS, self.block[row], True)
-            self._fixed[(folded, key)] = self.block[row]
+            self._fixed[(is_folded, key)] = self.block[row]
         self.capacity = max(1, slots - len(popular))
         self._recent: OrderedDict[tuple[bool, str], MarkArray] = OrderedDict()
         self._lock = threading.Lock()
