@@ -4,9 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BUNDLE ?= bundles/default
-# make loadtest [HOST=URL] [USERS=] [RATE=] [DURATION=] [P99_MS=]: against HOST when given, else
-# against a local server on BUNDLE (loadtest/run.py). Plain `=`: only the command line sets them.
+# make loadtest [HOST=URL] [USERS=] [RATE=] [DURATION=] [P99_MS=] [PIN=1]: against HOST when given,
+# else against a local server on BUNDLE (loadtest/run.py; PIN=1: server and locust on separate CPUs).
+# Plain `=`: only the command line sets them.
 HOST =
+PIN =
 USERS = 50
 RATE = 200
 DURATION = 60
@@ -36,7 +38,7 @@ test: lint
 	$(VENV)/bin/pytest
 
 loadtest: $(if $(HOST),setup,bundle)
-	$(PY) loadtest/run.py $(if $(HOST),--host $(HOST),--serve $(BUNDLE)) --users $(USERS) --rate $(RATE) --duration $(DURATION) --p99-ms $(P99_MS)
+	$(PY) loadtest/run.py $(if $(HOST),--host $(HOST),--serve $(BUNDLE)) --users $(USERS) --rate $(RATE) --duration $(DURATION) --p99-ms $(P99_MS) $(if $(PIN),--pin)
 
 docker: setup
 	bash docker/smoke.sh

@@ -7,6 +7,7 @@ monkey-patches the standard library on import, so it runs in a child process (``
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -252,3 +253,26 @@ def test_process_monitor_measures_a_whole_process_tree() -> None:
             child.kill()
         parent.kill()
         parent.wait()
+
+
+def test_pin_splits_the_cpus_and_children_start_on_their_share() -> None:
+    from loadtest.run import on_cpus, split_cpus
+
+    server, load = split_cpus()
+    available = os.sched_getaffinity(0)
+    assert server | load == available
+    assert not server & load
+    assert len(server) == 1
+    assert on_cpus(None) is None
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+        preexec_fn=on_cpus(server), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert child.stdout.strip() == str(sorted(server))
+
+
+def test_pin_needs_a_local_server() -> None:
+    from loadtest.run import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--pin"])  # against --host: the server's CPUs are not ours to choose
