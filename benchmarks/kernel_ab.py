@@ -38,6 +38,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.decode import summary  # noqa: E402
 from benchmarks.head_decode import encode, validation_words  # noqa: E402
 from benchmarks.runinfo import run_info, write_result  # noqa: E402
 from service import decode, decode_kernels  # noqa: E402
@@ -146,11 +147,7 @@ def time_versions(
 
 def summarise(letters: int, times: dict[str, list[float]], expansions: list[int]) -> dict[str, Any]:
     stats = {
-        name: {
-            "median_us": round(float(np.median(us)), 1),
-            "mean_us": round(float(np.mean(us)), 1),
-            "p99_us": round(float(np.percentile(us, 99)), 1),
-        }
+        name: {**summary(np.asarray(us)), "mean_us": round(float(np.mean(us)), 2)}
         for name, us in times.items()
     }
     base, new = stats["base"], stats["new"]

@@ -12,11 +12,11 @@ latency percentiles and request rate over time to ``--report-dir``, and says how
 paced. Requests go to ``--host`` only (loopback by default).
 
 ``--pin`` (with ``--serve``, on a machine of two CPUs or more) keeps the two apart: the server
-on the last CPU, locust and this script on the others (``sched_setaffinity`` before each child
-starts, so every thread it makes inherits it), as when the load comes from other machines.
-Unpinned, the scheduler now and then runs the load generator on the server's core in the
-middle of a request, and that wait counts in the server's own time (on the 2-core VM of the
-README, keystroke p99 by Server-Timing 1.64 ms unpinned against 1.46 ms pinned).
+on the last CPU, locust on the others (``sched_setaffinity`` before each child starts, so every
+thread it makes inherits it), as when the load comes from other machines. Unpinned, the
+scheduler now and then runs the load generator on the server's core in the middle of a
+request, and that wait counts in the server's own time (on the 2-core VM of the README,
+keystroke p99 by Server-Timing 1.75-1.77 ms unpinned against 1.48-1.66 ms pinned).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.pin and (not args.serve or len(os.sched_getaffinity(0)) < 2):
         parser.error("--pin needs --serve and at least two CPUs")
+    args.server_cpus, args.load_cpus = split_cpus() if args.pin else (None, None)
     if urlsplit(args.host).scheme not in ("http", "https") or not urlsplit(args.host).hostname:
         parser.error(f"--host must be an http(s) URL, not {args.host!r}")
     if args.users < 1 or args.duration < 1 or args.rate < 0:
@@ -236,8 +237,9 @@ def run_locust(args: argparse.Namespace) -> tuple[int, dict[str, dict[str, float
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    cpus = split_cpus()[1] if args.pin else None
-    process = subprocess.Popen(locust_command(args), cwd=HERE, env=env, preexec_fn=on_cpus(cpus))
+    process = subprocess.Popen(
+        locust_command(args), cwd=HERE, env=env, preexec_fn=on_cpus(args.load_cpus)
+    )
     pids = {"load_generator": process.pid}
     if args.server_pid:
         pids["server"] = args.server_pid
@@ -356,9 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     for stale in ("verdict.json", "samples.csv"):
         (args.report_dir / stale).unlink(missing_ok=True)
     if args.serve:
-        server_cpus = split_cpus()[0] if args.pin else None
         log = args.report_dir / "server.log"
-        with local_server(args.serve, log, server_cpus) as (args.host, pid):
+        with local_server(args.serve, log, args.server_cpus) as (args.host, pid):
             args.server_pid = pid
             return finish(args, *measure(args))
     return finish(args, *measure(args))
