@@ -119,6 +119,7 @@ class Predictor:
         self.sessions = sessions
         self.contexts = contexts if contexts is not None else ContextCache(0)
         self.zero_state = zero_state  # (L, 1, S)
+        self._start_encoded: EncodedText | None = None
         self.options = options
         self.vocab = bundle.vocab
         self.index = {token: i for i, token in enumerate(bundle.vocab)}
@@ -354,18 +355,22 @@ class Predictor:
 
     def _encode_context(self, ids: Tokens, session_id: str | None) -> tuple[EncodedText, bool]:
         """Encode ``ids``, starting from the session's state when ``ids`` extend what it read,
-        or, without a session, from the longest cached context that ``ids`` extend."""
+        or, without a session, from the longest cached context that ``ids`` extend; failing
+        both, from the state after ``<eos>`` (:meth:`_start`), which every text begins with.
+        The flag says whether a session's or a cached context's state was reused."""
         if session_id is not None:
             resume = self.sessions.resume(session_id, ids)
         else:
             resume = self.contexts.resume(ids)
-        known = resume.known
+        known, todo = resume.known, resume.todo
+        reused = known is not None
+        if known is None:
+            known, todo = self._start(), ids[1:]
         hiddens = None  # the encoder's output at every position it just read
-        if known is not None and len(resume.todo) == 0:
+        if len(todo) == 0:
             encoded = known
         else:
-            state = self.zero_state if known is None else known.state
-            hidden, state_out = self.batcher.encode(resume.todo[None, :], state)
+            hidden, state_out = self.batcher.encode(todo[None, :], known.state)
             hiddens = hidden[0]
             # Copies: a slice of a batch's output would keep the whole batch alive in the cache
             # (np.ascontiguousarray does not copy it: a (L, 1, S) slice counts as contiguous).
@@ -373,13 +378,25 @@ class Predictor:
         if session_id is not None:
             self.sessions.put(session_id, encoded)
             if hiddens is not None and self.options.cache.enabled:
-                first = len(ids) - len(resume.todo)  # the position of hiddens[0]
-                if known is not None:  # known.hidden is the position before
-                    hiddens, first = np.vstack([known.hidden, hiddens]), first - 1
-                self._adapt(session_id, ids, hiddens, first)
-        elif encoded is not known:
+                # known.hidden is the position before hiddens[0]
+                first = len(ids) - len(todo) - 1
+                self._adapt(session_id, ids, np.vstack([known.hidden, hiddens]), first)
+        elif encoded is not resume.known:  # new, or the start: a later text may extend it
             self.contexts.put(encoded)
-        return encoded, known is not None
+        return encoded, reused
+
+    def _start(self) -> EncodedText:
+        """The encoder after ``<eos>`` alone, where every text starts; computed once. Shared by
+        every request (it holds no user text), so a new session's or line's first keystroke
+        encodes nothing, and its hosts' clitics (:attr:`EncodedText.clitics`) are looked up
+        once per process rather than once per session."""
+        start = self._start_encoded
+        if start is None:
+            ids = np.array([self.eos_id], dtype=np.int64)
+            hidden, state = self.batcher.encode(ids[None, :], self.zero_state)
+            start = EncodedText(tokens=ids, state=state.copy(), hidden=hidden[0, -1].copy())
+            self._start_encoded = start  # racing first requests compute the same state
+        return start
 
     def _adapt(self, session_id: str, ids: Tokens, hiddens: Floats, first: int) -> None:
         """Feed the session's continuous cache the positions of its text just encoded."""

@@ -161,6 +161,20 @@ def test_capital_penalty_must_be_at_least_one() -> None:
         PolicyConfig(capital_penalty=math.inf)
 
 
+def test_a_sentence_starts_after_its_end_and_any_quotes() -> None:
+    vocab = ["<eos>", ".", "?", '"', ",", "the", "The", "said"]
+    policy = SuggestionPolicy(vocab, [], 0, PolicyConfig())
+
+    def starts(*tokens: str) -> bool:
+        return policy.starts_sentence(np.array([vocab.index(t) for t in tokens], dtype=np.int64))
+
+    starting = [(), ("<eos>",), ("<eos>", '"'), ("<eos>", "The", "said", ".")]
+    starting.append(("<eos>", "the", "?", '"', '"'))
+    assert all(starts(*tokens) for tokens in starting)
+    inside = [("<eos>", "The"), ("<eos>", "the", ",", '"'), ("<eos>", "The", "said", '"')]
+    assert not any(starts(*tokens) for tokens in inside)
+
+
 def test_banned_masks_follow_the_request() -> None:
     policy = SuggestionPolicy(VOCAB, [VOCAB.index("<unk>")], VOCAB.index("<eos>"), PolicyConfig())
 

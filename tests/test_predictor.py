@@ -130,7 +130,7 @@ def test_typing_without_a_session_reuses_cached_contexts() -> None:
         encoder.calls.clear()
         other = cached.suggest("the weak of New ", k=4)
         assert not other.state_reused
-        assert encoder.calls == [(1, 5)]
+        assert encoder.calls == [(1, 4)]  # four tokens after the start state (<eos>)
         assert _got(other) == _got(reference.suggest("the weak of New ", k=4))
     finally:
         batcher.stop()
@@ -146,7 +146,7 @@ def test_an_edited_earlier_word_falls_back_to_a_full_encode(
     encoder.calls.clear()
     result = predictor.suggest(edited, k=5, session_id="s")
     assert not result.state_reused
-    assert encoder.calls == [(1, 5)]  # <eos> + four tokens, from scratch
+    assert encoder.calls == [(1, 4)]  # four tokens, from the start state (<eos>)
     assert _got(result) == _got(predictor.suggest(edited, k=5))
 
 
@@ -360,3 +360,22 @@ def test_suggestions_under_the_cache_equal_the_brute_force_mixture(
         assert math.isclose(s.logprob, scores[s.text], abs_tol=1e-5)
     plain = {s.candidate: s.logprob for s in predictor.score(text, VOCAB)}
     assert plain["weather"] == pytest.approx(float(tree[predictor.index["weather"]]), abs=1e-5)
+
+
+def test_a_new_text_starts_from_the_shared_start_state(
+    parts: tuple[Predictor, FakeEncoder],
+) -> None:
+    predictor, encoder = parts
+    encoder.calls.clear()
+    first = predictor.suggest("h", k=3, session_id="one")
+    # The start state (<eos>), then the host step that looks up the forms of "he" ("he's").
+    assert encoder.calls == [(1, 1), (1, 1)]
+    assert first.suggestions[0].text == "he"
+    encoder.calls.clear()
+    # Another session's first keystroke, and a new line typed in an old session, reuse both.
+    assert _got(predictor.suggest("h", k=3, session_id="two")) == _got(first)
+    assert encoder.calls == []
+    predictor.suggest("the weather of ", session_id="one")
+    encoder.calls.clear()
+    assert _got(predictor.suggest("h", k=3, session_id="one")) == _got(first)
+    assert encoder.calls == []
