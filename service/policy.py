@@ -12,8 +12,7 @@ ranking a keyboard shows, and stays exact with respect to it:
   lowercase prefix matches both cases, but a capitalised word ranks as if its probability were
   :attr:`PolicyConfig.capital_penalty` times smaller, except at a sentence start (the text is
   empty or its last token ends a sentence, perhaps followed by a quote), where capitals are
-  what a person types. The
-  probability reported is always the model's own.
+  what a person types. The probability reported is always the model's own.
 * **No re-offering.** Words already shown for the word being typed and passed over (the user
   typed another letter instead) are held back for the rest of that word (:class:`Shown`): they
   rank after every other qualifying word, so they return only to slots nothing else would fill.
