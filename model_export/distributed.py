@@ -177,7 +177,15 @@ def process_group(env: Mapping[str, str] | None = None, *, cuda: bool = False) -
     if cuda:
         torch.cuda.set_device(world.device)
     dist.init_process_group(backend(world.device), rank=world.rank, world_size=world.size)
+    finished = False
     try:
         yield world
+        finished = True
     finally:
+        # Tear down together: a rank that destroys its gloo pairs while its peer is still
+        # connected can make the peer's gloo thread abort it ("terminate called without an
+        # active exception", seen once in CI). After an error the peers may never arrive, so
+        # only a run that finished waits for them.
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
